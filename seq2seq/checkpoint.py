@@ -1,0 +1,70 @@
+"""Self-contained checkpoints: weights, resolved config, vocabularies, tokenizer names,
+training state when training, and a format version.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, and is always
+opened with `torch.load(weights_only=True)`: opening one can never run code.
+Saves are atomic: temporary file in the same folder, flush, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seq2seq.errors import UserError
+
+FORMAT = "seq2seq-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write atomically: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        _fsync_folder(path.parent)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        kept = " (the previous one is intact)" if path.exists() else ""
+        raise UserError(f"{path}: could not save checkpoint: {error.strerror or error}{kept}") from None
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Open a checkpoint without running code; anything that is not ours is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable seq2seq checkpoint ({reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a seq2seq checkpoint")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(
+            f"{path}: checkpoint format {version} is newer than this seq2seq reads "
+            f"({FORMAT_VERSION}); upgrade seq2seq"
+        )
+    return payload

@@ -1,0 +1,203 @@
+"""The typed configuration: the one place where every default lives.
+
+A run is described by a YAML file validated into `Config`. Unknown keys are errors
+that suggest the closest valid key; `--set section.key=value` overrides any key.
+Every error names the file, the line (when the YAML has one) and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from seq2seq.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    dir: str = "data/multi30k"
+    """Folder holding `{split}.{lang}` files, plain or gzipped (`.gz`)."""
+    src_lang: str = "de"
+    trg_lang: str = "en"
+    train: str = "train"
+    valid: str = "val"
+    test: str = "test_2016_flickr"
+    lowercase: bool = False
+    src_pipeline: str | None = None
+    """spaCy pipeline package whose tokenizer to use (e.g. de_core_news_sm); when it is
+    not installed, or None, `spacy.blank(src_lang)` gives the same rule-based tokenizer."""
+    trg_pipeline: str | None = None
+    max_length: int = Field(100, gt=0)
+    """Training pairs with more tokens than this on either side are skipped (and counted)."""
+
+    @field_validator("src_lang", "trg_lang")
+    @classmethod
+    def _spacy_knows_language(cls, lang: str) -> str:
+        import spacy.util
+
+        try:
+            spacy.util.get_lang_class(lang)
+        except Exception:  # spaCy raises ImportError or its own error types here
+            raise ValueError(f"spaCy has no language {lang!r}") from None
+        return lang
+
+
+class VocabConfig(Section):
+    min_freq: int = Field(2, gt=0)
+    max_size: int | None = Field(None, gt=0)
+    """Most frequent tokens kept, not counting the four specials; None keeps all."""
+
+
+class EncoderConfig(Section):
+    embedding_size: int = Field(256, gt=0)
+    hidden_size: int = Field(512, gt=0)
+    """Per direction: the encoder outputs have 2 * hidden_size channels."""
+
+
+class DecoderConfig(Section):
+    embedding_size: int = Field(256, gt=0)
+    hidden_size: int = Field(512, gt=0)
+
+
+class ModelConfig(Section):
+    encoder: EncoderConfig = EncoderConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class TrainConfig(Section):
+    run_dir: str = "runs/multi30k_de_en"
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(128, gt=0)
+    batch_unit: Literal["sentences", "tokens"] = "sentences"
+    """`tokens` makes batch_size a budget of padded tokens per batch."""
+    learning_rate: float = Field(1e-3, gt=0.0)
+    clip_norm: float | None = Field(1.0, gt=0.0)
+    teacher_forcing: float = Field(1.0, ge=0.0, le=1.0)
+    """Probability, drawn once per time step, of feeding the gold token instead of the
+    model's own prediction (the tutorial uses 0.5)."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    best_metric: Literal["bleu", "chrf", "loss"] = "bleu"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: int | None = Field(None, gt=0)
+    """CPU threads for torch; None keeps torch's default (one per physical core)."""
+
+
+class DecodeConfig(Section):
+    batch_size: int = Field(64, gt=0)
+    max_length_ratio: float = Field(2.0, gt=0.0)
+    max_length_offset: int = Field(10, ge=0)
+    """A translation stops after ratio * source_tokens + offset tokens."""
+
+
+class Config(Section):
+    seed: int = 1234
+    data: DataConfig = DataConfig()
+    vocab: VocabConfig = VocabConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    decode: DecodeConfig = DecodeConfig()
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `key.path=value` overrides and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read config: {error}") from None
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise UserError(f"{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raise UserError(f"{path}: config file is empty")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a config must be a mapping of sections, not {type(raw).__name__}")
+    for override in overrides:
+        _apply_override(raw, override)
+    return config_from_dict(raw, source=str(path), yaml_root=root)
+
+
+def config_from_dict(
+    raw: dict[str, Any], source: str = "config", yaml_root: yaml.Node | None = None
+) -> Config:
+    """Validate a plain dict (from YAML or a checkpoint) into a `Config`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key_path = [str(part) for part in first["loc"]]
+        key = ".".join(key_path)
+        line = _line_of(yaml_root, key_path)
+        where = f"{source}:{line}" if line else source
+        if first["type"] == "extra_forbidden":
+            hint = _closest_key(key_path)
+            raise UserError(f"{where}: unknown key '{key}'{hint}") from None
+        raise UserError(f"{where}: {key}: {first['msg']}") from None
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise UserError(f"--set {override!r}: expected section.key=value")
+    dotted, value_text = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {override!r}: '{part}' is not a section")
+        node = child
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    node[parts[-1]] = value
+
+
+def _closest_key(key_path: list[str]) -> str:
+    """' (did you mean 'train.epochs'?)' for a mistyped key, or ''."""
+    model: type[BaseModel] = Config
+    for part in key_path[:-1]:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    match = difflib.get_close_matches(key_path[-1], list(model.model_fields), n=1, cutoff=0.5)
+    if not match:
+        return f" (valid keys here: {', '.join(model.model_fields)})"
+    return f" (did you mean '{'.'.join([*key_path[:-1], match[0]])}'?)"
+
+
+def _line_of(node: yaml.Node | None, key_path: list[str]) -> int | None:
+    """The 1-based line of a key in the composed YAML, or of its deepest existing parent."""
+    line = None
+    for part in key_path:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == part:
+                line = key_node.start_mark.line + 1
+                node = value_node
+                break
+        else:
+            break
+    return line
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,9 @@
+"""The one exception type for user mistakes.
+
+A `UserError` is reported by the CLI as a single line on stderr with exit status 2;
+anything else is a bug (exit 1, traceback only with --debug).
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: a missing file, a bad config key, a foreign checkpoint..."""

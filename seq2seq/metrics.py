@@ -1,0 +1,49 @@
+"""Scores: sacreBLEU BLEU and chrF on detokenized text, the tutorial's tokenized BLEU,
+and perplexity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from sacrebleu.metrics import BLEU, CHRF
+
+
+@dataclass
+class Scores:
+    bleu: float  # sacreBLEU on detokenized hypotheses vs raw references
+    chrf: float
+    tokenized_bleu: float  # corpus BLEU-4 over the tokens (tutorial-style)
+    bleu_signature: str
+    chrf_signature: str
+
+    def as_dict(self) -> dict[str, float | str]:
+        return asdict(self)
+
+
+def score_corpus(
+    hypotheses: list[str],
+    references: list[str],
+    hypothesis_tokens: list[list[str]],
+    reference_tokens: list[list[str]],
+) -> Scores:
+    bleu, chrf = BLEU(), CHRF()
+    return Scores(
+        bleu=bleu.corpus_score(hypotheses, [references]).score,
+        chrf=chrf.corpus_score(hypotheses, [references]).score,
+        tokenized_bleu=tokenized_bleu(hypothesis_tokens, reference_tokens),
+        bleu_signature=str(bleu.get_signature()),
+        chrf_signature=str(chrf.get_signature()),
+    )
+
+
+def tokenized_bleu(hypotheses: list[list[str]], references: list[list[str]]) -> float:
+    """Corpus BLEU-4 over given tokens (no re-tokenization), as the tutorial computes it."""
+    bleu = BLEU(tokenize="none", force=True)
+    return bleu.corpus_score(
+        [" ".join(tokens) for tokens in hypotheses], [[" ".join(tokens) for tokens in references]]
+    ).score
+
+
+def perplexity(mean_loss: float) -> float:
+    return math.exp(min(mean_loss, 100.0))
