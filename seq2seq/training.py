@@ -144,6 +144,7 @@ def train(config: Config, overwrite: bool = False) -> Path:
                 loss=f"{mean_loss:.3f}",
                 ppl=f"{torch.tensor(mean_loss).exp():.1f}",
                 tok_s=f"{token_count / (time.perf_counter() - started):.0f}",
+                refresh=False,
             )
         bar.close()
         seconds = time.perf_counter() - started
