@@ -9,8 +9,7 @@ Saves are atomic: temporary file in the same folder, flush, fsync, rename.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +33,17 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
         _fsync_folder(path.parent)
-    except OSError as error:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        # torch.save reports a failed write (disk full...) as a RuntimeError whose
+        # context is the OSError.
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError):
+            raise
         kept = " (the previous one is intact)" if path.exists() else ""
-        raise UserError(f"{path}: could not save checkpoint: {error.strerror or error}{kept}") from None
+        raise UserError(
+            f"{path}: could not save checkpoint: {cause.strerror or cause}{kept}"
+        ) from None
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -55,8 +61,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 5": one line on stderr
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # foreign bytes fail in many ways: KeyError, IndexError, struct.error...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: not a readable seq2seq checkpoint ({reason[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -68,3 +76,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"({FORMAT_VERSION}); upgrade seq2seq"
         )
     return payload
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
+    """One self-contained checkpoint whose weights are the mean of the given ones.
+
+    Config, vocabularies and tokenizers come from the first checkpoint; all must share
+    them (weights of different vocabularies cannot be averaged). No training state."""
+    if not paths:
+        raise UserError("average: no checkpoints given")
+    first = load_checkpoint(paths[0])
+    total = {name: tensor.double().clone() for name, tensor in first["model"].items()}
+    for path in paths[1:]:
+        payload = load_checkpoint(path)
+        if payload["vocab"] != first["vocab"] or payload["model"].keys() != total.keys():
+            raise UserError(f"{path}: a different model or vocabulary than {paths[0]}")
+        for name, tensor in payload["model"].items():
+            if tensor.shape != total[name].shape:
+                raise UserError(
+                    f"{path}: {name} has shape {tuple(tensor.shape)}, "
+                    f"not {tuple(total[name].shape)}"
+                )
+            total[name] += tensor.double()
+    model = {
+        name: (tensor / len(paths)).to(first["model"][name].dtype) for name, tensor in total.items()
+    }
+    kept = {key: first[key] for key in ("config", "vocab", "tokenizer")}
+    return {**kept, "model": model, "averaged_from": [str(p) for p in paths]}

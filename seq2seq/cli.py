@@ -36,26 +36,79 @@ def _options(
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config key: section.key=value (repeatable)."),
     ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Run folder (overrides train.run_dir).")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue the run in the run folder from its last.pt, exactly where it stopped; "
+            "without --config, the folder's own config.yaml is used."
+        ),
+    ] = False,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace a run already in train.run_dir.")
+        bool, typer.Option(help="Replace a run already in the run folder.")
     ] = False,
 ) -> None:
-    """Train a model; writes best.pt, last.pt and config.yaml into train.run_dir."""
-    from seq2seq.config import load_config
+    """Train a model: best.pt, last.pt, config.yaml, metrics.jsonl, curves.png in the run folder."""
+    from seq2seq.training import Interrupted, resolve_run
     from seq2seq.training import train as run_training
 
-    run_dir = run_training(load_config(config, set_ or []), overwrite=overwrite)
-    typer.echo(f"done: {run_dir / 'best.pt'}", err=True)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    resolved, _ = resolve_run(config, set_ or [], run_dir, resume)
+    try:
+        folder = run_training(resolved, overwrite=overwrite, resume=resume)
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    typer.echo(f"done: {folder / 'best.pt'}", err=True)
+
+
+@app.command()
+def plot(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+    """Draw a run's training curves (loss, perplexity, BLEU) into RUN_DIR/curves.png."""
+    from seq2seq.plots import plot_run
+
+    typer.echo(str(plot_run(run_dir)))
+
+
+@app.command()
+def average(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="A run folder (its kept ckpt-step*.pt files) or checkpoint files."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Averaged checkpoint to write.")],
+) -> None:
+    """Average the weights of several checkpoints into one self-contained checkpoint."""
+    from seq2seq.checkpoint import average_checkpoints, save_checkpoint
+
+    paths: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            found = sorted(source.glob("ckpt-step*.pt"))
+            if not found:
+                raise UserError(
+                    f"{source}: no ckpt-step*.pt files (train with train.keep_checkpoints=k)"
+                )
+            paths.extend(found)
+        else:
+            paths.append(source)
+    save_checkpoint(average_checkpoints(paths), output)
+    typer.echo(f"averaged {len(paths)} checkpoints into {output}", err=True)
 
 
 @app.command()
 def translate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pt) to translate with.")],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Checkpoint (.pt) to translate with.")
+    ],
     input: Annotated[
         Path | None, typer.Option("--input", "-i", help="Text file to translate (default: stdin).")
     ] = None,
@@ -160,5 +213,7 @@ def main() -> None:
     except Exception as error:  # a bug: short message, traceback with --debug
         if _debug:
             raise
-        print(f"internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr)
+        print(
+            f"internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr
+        )
         sys.exit(1)

@@ -84,7 +84,30 @@ class TrainConfig(Section):
     """Probability, drawn once per time step, of feeding the gold token instead of the
     model's own prediction (the tutorial uses 0.5)."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    accumulate_steps: int = Field(1, gt=0)
+    """Batches whose gradients are summed before each optimizer step."""
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps even if epochs remain."""
     best_metric: Literal["bleu", "chrf", "loss"] = "bleu"
+    """Validation metric that picks best.pt, drives early stopping and the plateau schedule."""
+    validate_every: int | None = Field(None, gt=0)
+    """Validate every N optimizer steps; None validates at the end of each epoch."""
+    patience: int | None = Field(None, gt=0)
+    """Stop after this many validations without improvement; None never stops early."""
+    save_every: int = Field(500, gt=0)
+    """Save last.pt every N optimizer steps (and at every epoch end)."""
+    keep_checkpoints: int = Field(0, ge=0)
+    """Keep the k best validated checkpoints as ckpt-step{N}.pt, for `seq2seq average`."""
+    scheduler: Literal["none", "plateau", "inverse_sqrt"] = "none"
+    warmup_steps: int = Field(4000, ge=0)
+    """inverse_sqrt: the learning rate rises linearly for this many steps, then decays."""
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = Field(1, ge=0)
+    """plateau: multiply the rate by plateau_factor after this many validations without
+    improvement beyond the first."""
+    min_learning_rate: float = Field(1e-6, ge=0.0)
+    log_every: int = Field(50, gt=0)
+    """Append a training record to metrics.jsonl every N optimizer steps."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(None, gt=0)
     """CPU threads for torch; None keeps torch's default (one per physical core)."""
@@ -129,13 +152,17 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"{path}: a config must be a mapping of sections, not {type(raw).__name__}")
     for override in overrides:
         _apply_override(raw, override)
-    return config_from_dict(raw, source=str(path), yaml_root=root)
+    return config_from_dict(raw, source=str(path), yaml_root=root, overrides=overrides)
 
 
 def config_from_dict(
-    raw: dict[str, Any], source: str = "config", yaml_root: yaml.Node | None = None
+    raw: dict[str, Any],
+    source: str = "config",
+    yaml_root: yaml.Node | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> Config:
-    """Validate a plain dict (from YAML or a checkpoint) into a `Config`."""
+    """Validate a plain dict (from YAML or a checkpoint) into a `Config`; an error in a
+    value that `overrides` set names the `--set`, not the file."""
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
@@ -144,6 +171,10 @@ def config_from_dict(
         key = ".".join(key_path)
         line = _line_of(yaml_root, key_path)
         where = f"{source}:{line}" if line else source
+        for override in overrides:
+            dotted = override.split("=", 1)[0].strip()
+            if key == dotted or key.startswith(dotted + "."):
+                where = f"--set {override}"
         if first["type"] == "extra_forbidden":
             hint = _closest_key(key_path)
             raise UserError(f"{where}: unknown key '{key}'{hint}") from None

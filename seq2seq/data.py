@@ -64,7 +64,7 @@ def make_batches(
         pools = [order]
     else:
         order = torch.randperm(len(lengths), generator=generator).tolist()
-        mean_length = sum(lengths) / max(1, len(lengths))
+        mean_length = max(1.0, sum(lengths) / max(1, len(lengths)))  # 1.0 for an empty corpus
         per_batch = batch_size if unit == "sentences" else max(1, int(batch_size / mean_length))
         pool_size = POOL_BATCHES * per_batch
         pools = [order[start : start + pool_size] for start in range(0, len(order), pool_size)]

@@ -58,7 +58,9 @@ class Decoder(nn.Module):
         """tokens [...] -> dropout(embeddings) [..., E]."""
         return self.dropout(self.embedding(tokens))
 
-    def recur(self, embedded: Tensor, state: Tensor, memory: Memory) -> tuple[Tensor, Tensor, Tensor]:
+    def recur(
+        self, embedded: Tensor, state: Tensor, memory: Memory
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """One step: e_t [B,E], s_{t-1} [B,D] -> (s_t [B,D], c_t [B,2H], a_t [B,S])."""
         context, weights = self.attention(state, memory.keys, memory.outputs, memory.mask)
         state = self.rnn(torch.cat([embedded, context], dim=1), state)
@@ -85,7 +87,8 @@ class Decoder(nn.Module):
         """
         steps = trg_in.size(1)
         gold = self.embed(trg_in)  # [B,T,E], all steps at once
-        forced = torch.rand(steps) < teacher_forcing  # [T]; step 0 always reads <sos>
+        # [T] coin flips; none are drawn at ratio 1, so evaluation never touches the RNG.
+        forced = None if teacher_forcing >= 1.0 else torch.rand(steps) < teacher_forcing
         states, contexts, inputs = [], [], []
         embedded = gold[:, 0]
         for t in range(steps):
@@ -95,7 +98,7 @@ class Decoder(nn.Module):
             inputs.append(embedded)
             if t + 1 == steps:
                 break
-            if forced[t + 1]:
+            if forced is None or forced[t + 1]:
                 embedded = gold[:, t + 1]
             else:
                 with torch.no_grad():  # the prediction only picks the next input

@@ -31,9 +31,9 @@ def evaluate(
     loss = corpus_loss(translator, sources, references, batch_size)
     translations = translator.translate(sources, batch_size)
     reference_tokens = translator.trg_tokenizer.tokenize(references)
-    scores = score_corpus(
-        [t.text for t in translations], references, [t.tokens for t in translations], reference_tokens
-    )
+    hypotheses = [t.text for t in translations]
+    hypothesis_tokens = [t.tokens for t in translations]
+    scores = score_corpus(hypotheses, references, hypothesis_tokens, reference_tokens)
     return Evaluation(loss, perplexity(loss), scores, translations)
 
 
@@ -43,8 +43,10 @@ def corpus_loss(
 ) -> float:
     """Mean cross-entropy per reference token, always feeding the gold previous token."""
     model = translator.model
-    src = [torch.tensor(translator.src_vocab.encode(t)) for t in translator.src_tokenizer.tokenize(sources)]
-    trg = [torch.tensor(translator.trg_vocab.encode(t)) for t in translator.trg_tokenizer.tokenize(references)]
+    src_tokens = translator.src_tokenizer.tokenize(sources)
+    trg_tokens = translator.trg_tokenizer.tokenize(references)
+    src = [torch.tensor(translator.src_vocab.encode(tokens)) for tokens in src_tokens]
+    trg = [torch.tensor(translator.trg_vocab.encode(tokens)) for tokens in trg_tokens]
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0

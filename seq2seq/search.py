@@ -53,17 +53,23 @@ def greedy_search(
         finished |= (tokens == EOS) | (t + 1 >= max_lengths)
         if bool(finished.all()):
             break
-    return _hypotheses(torch.stack(emitted, 1), scores, torch.stack(attention, 1), src_lengths)
+    return _hypotheses(
+        torch.stack(emitted, 1), scores, torch.stack(attention, 1), src_lengths, max_lengths
+    )
 
 
 def _hypotheses(
-    ids: Tensor, scores: Tensor, attention: Tensor, src_lengths: Tensor
+    ids: Tensor, scores: Tensor, attention: Tensor, src_lengths: Tensor, max_lengths: Tensor
 ) -> list[Hypothesis]:
-    """ids [B,T], scores [B], attention [B,T,S] -> one Hypothesis per row, cut at <eos>."""
+    """ids [B,T], scores [B], attention [B,T,S], max_lengths [B] -> one Hypothesis per row,
+    cut at <eos> or at the row's maximum length (a stopped row keeps emitting while others
+    go on)."""
     ids_list, scores_list = ids.tolist(), scores.tolist()
+    limits = max_lengths.tolist()
     attention = attention.float().cpu()
     result = []
     for row, row_ids in enumerate(ids_list):
+        row_ids = row_ids[: limits[row]]
         length = row_ids.index(EOS) if EOS in row_ids else len(row_ids)
         rows = min(length + 1, len(row_ids))
         result.append(

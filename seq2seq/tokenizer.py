@@ -22,6 +22,10 @@ class Tokenizer:
         self.lowercase = lowercase
         self._nlp, self.name = _load_spacy(lang, pipeline)
         self._detokenizer = MosesDetokenizer(lang=lang)
+        # spaCy splits 't-shirt' into 't - shirt' in some languages (en, fr, cs...) and
+        # English "isn't" into "is n't"; Moses would leave both apart.
+        self._joins_hyphens = len(self._nlp.tokenizer("t-shirt")) == 3
+        self._joins_nt = lang == "en"
 
     def tokenize(self, texts: Iterable[str]) -> list[list[str]]:
         """One token list per text; whitespace tokens are dropped."""
@@ -33,10 +37,34 @@ class Tokenizer:
 
     def detokenize(self, tokens: list[str]) -> str:
         """Natural text from tokens; output of a lowercasing model starts with a capital."""
-        text = self._detokenizer.detokenize(tokens)
+        text = self._detokenizer.detokenize(self._rejoin(tokens))
         if self.lowercase and text:
             text = text[0].upper() + text[1:]
         return text
+
+    def _rejoin(self, tokens: list[str]) -> list[str]:
+        """Undo the splits Moses does not know: 't - shirt' -> 't-shirt', 'is n't' -> "isn't"."""
+        joined: list[str] = []
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
+            following = tokens[position + 1] if position + 1 < len(tokens) else ""
+            if (
+                self._joins_hyphens
+                and token == "-"
+                and joined
+                and joined[-1][-1:].isalnum()
+                and following[:1].isalnum()
+            ):
+                joined[-1] += token + following
+                position += 2
+                continue
+            if self._joins_nt and token.lower() == "n't" and joined:
+                joined[-1] += token
+            else:
+                joined.append(token)
+            position += 1
+        return joined
 
 
 def _load_spacy(lang: str, pipeline: str | None) -> tuple[spacy.language.Language, str]:

@@ -116,7 +116,9 @@ class Translator:
         return [result or empty for result in results]
 
 
-def make_tokenizers(config: Config, names: dict[str, str] | None = None) -> tuple[Tokenizer, Tokenizer]:
+def make_tokenizers(
+    config: Config, names: dict[str, str] | None = None
+) -> tuple[Tokenizer, Tokenizer]:
     """Source and target tokenizers; `names` (from a checkpoint) pins the spaCy pipelines."""
     data = config.data
     src_name = names["src"] if names else data.src_pipeline

@@ -1,0 +1,51 @@
+"""Training curves from a run folder's metrics.jsonl, drawn as curves.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seq2seq.errors import UserError
+from seq2seq.runlog import METRICS_FILE, read_metrics
+
+CURVES_FILE = "curves.png"
+
+
+def plot_run(run_dir: str | Path) -> Path:
+    """Loss, perplexity and BLEU/chrF against optimizer steps; returns the PNG's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / METRICS_FILE)
+    train = [r for r in records if r.get("kind") == "train"]
+    valid = [r for r in records if r.get("kind") == "valid"]
+    if not train and not valid:
+        raise UserError(f"{run_dir / METRICS_FILE}: no training records to plot")
+
+    figure, (loss_axis, ppl_axis, bleu_axis) = plt.subplots(1, 3, figsize=(15, 4.2))
+    loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
+    loss_axis.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="validation")
+    loss_axis.set(title="cross-entropy per token", xlabel="step", ylabel="loss")
+    ppl_axis.plot([r["step"] for r in valid], [r["perplexity"] for r in valid], "o-", color="C1")
+    ppl_axis.set(title="validation perplexity", xlabel="step", ylabel="perplexity", yscale="log")
+    for key, label in (
+        ("bleu", "sacreBLEU"),
+        ("chrf", "chrF"),
+        ("tokenized_bleu", "tokenized BLEU"),
+    ):
+        bleu_axis.plot([r["step"] for r in valid], [r[key] for r in valid], "o-", label=label)
+    bleu_axis.set(title="validation scores (greedy)", xlabel="step", ylabel="score")
+    for axis in (loss_axis, bleu_axis):
+        axis.legend()
+    for axis in (loss_axis, ppl_axis, bleu_axis):
+        axis.grid(alpha=0.3)
+    figure.suptitle(run_dir.name)
+    figure.tight_layout()
+    path = run_dir / CURVES_FILE
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    temporary.replace(path)
+    return path

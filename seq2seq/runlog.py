@@ -1,0 +1,85 @@
+"""The run folder's metrics log: one JSON object per line in metrics.jsonl.
+
+Records have a "kind": "start" (versions, commit), "train" (every log_every steps) or
+"valid" (every validation). Each line is written with one write() and flushed, so a
+kill leaves at most one partial last line, which readers skip and resume removes.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / METRICS_FILE
+        self._writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional extra
+
+            self._writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            pass
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._writer is not None and "step" in record:
+            for key, value in record.items():
+                if isinstance(value, float) and key not in ("step", "epoch"):
+                    self._writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+            self._writer.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records written after `step` (work lost by a kill, about to be redone)."""
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All complete records of a metrics.jsonl (a partial last line is skipped)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def environment() -> dict[str, str]:
+    """Versions of what produced the run, and the git commit of this source tree if any."""
+    import sacrebleu
+    import spacy
+    import torch
+
+    import seq2seq
+
+    info = {
+        "seq2seq": seq2seq.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "spacy": spacy.__version__,
+        "sacrebleu": sacrebleu.__version__,
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(seq2seq.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
