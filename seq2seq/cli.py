@@ -104,44 +104,147 @@ def average(
     typer.echo(f"averaged {len(paths)} checkpoints into {output}", err=True)
 
 
+ModelOption = Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pt) to use.")]
+BeamOption = Annotated[
+    int | None,
+    typer.Option("--beam", min=1, help="Beam size; 1 is greedy (default: decode.beam_size)."),
+]
+AlphaOption = Annotated[
+    float | None,
+    typer.Option("--alpha", min=0.0, help="Length penalty alpha (default: decode.alpha)."),
+]
+ReplaceUnkOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--replace-unk/--no-replace-unk",
+        help="Replace <unk> with the source token it attends to most "
+        "(default: decode.replace_unk).",
+    ),
+]
+BatchOption = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Sentences per batch (default: decode.batch_size)."),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+
+
+def _translator(
+    model: Path,
+    device: str,
+    beam: int | None,
+    alpha: float | None,
+    replace_unk: bool | None,
+    batch_size: int | None,
+):
+    """Load a checkpoint and apply the command line's decoding options to its decode config."""
+    from seq2seq.config import DecodeConfig
+    from seq2seq.translator import Translator
+
+    translator = Translator.from_checkpoint(model, device)
+    chosen = {
+        "beam_size": beam,
+        "alpha": alpha,
+        "replace_unk": replace_unk,
+        "batch_size": batch_size,
+    }
+    updates = {key: value for key, value in chosen.items() if value is not None}
+    translator.decode = DecodeConfig.model_validate({**translator.decode.model_dump(), **updates})
+    return translator
+
+
 @app.command()
 def translate(
-    model: Annotated[
-        Path, typer.Option("--model", "-m", help="Checkpoint (.pt) to translate with.")
-    ],
+    model: ModelOption,
     input: Annotated[
         Path | None, typer.Option("--input", "-i", help="Text file to translate (default: stdin).")
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Where to write (default: stdout).")
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Sentences per batch (default: decode.batch_size).")
+    beam: BeamOption = None,
+    alpha: AlphaOption = None,
+    nbest: Annotated[
+        int,
+        typer.Option(min=1, help="Write the N best: index<TAB>rank<TAB>score<TAB>text lines."),
+    ] = 1,
+    scores: Annotated[bool, typer.Option("--scores", help="Write score<TAB>text.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per line: translation, score, tokens, source tokens, "
+            "alignment (per output token, the source token index it attends to most).",
+        ),
+    ] = False,
+    replace_unk: ReplaceUnkOption = None,
+    plot_attention: Annotated[
+        Path | None,
+        typer.Option("--plot-attention", help="Write one attention heatmap PNG per sentence here."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    batch_size: BatchOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
-    """Translate one sentence per line: exactly one output line per input line, in order."""
+    """Translate one sentence per line: exactly one output line per input line, in order
+    (N lines with --nbest N). Reads and writes in batches as lines arrive."""
     from seq2seq.corpus import decode_line, iter_lines
-    from seq2seq.translator import Translator
 
-    translator = Translator.from_checkpoint(model, device)
-    size = batch_size or translator.decode.batch_size
+    translator = _translator(model, device, beam, alpha, replace_unk, batch_size)
+    if nbest > translator.decode.beam_size:
+        raise UserError(f"--nbest {nbest} needs --beam {nbest} or more")
     interactive = input is None and sys.stdin.isatty()
+    name = str(input) if input is not None else "<stdin>"
     if input is not None:
         lines: Iterator[str] = iter_lines(input)
     else:
-        lines = (
-            decode_line(raw, f"<stdin>:{n}") for n, raw in enumerate(_stdin_lines(interactive), 1)
-        )
-    sink: TextIO = open(output, "w", encoding="utf-8") if output else sys.stdout
+        numbered = enumerate(_stdin_lines(interactive), 1)
+        lines = (decode_line(raw, f"<stdin>:{n}") for n, raw in numbered)
+    if plot_attention:
+        plot_attention.mkdir(parents=True, exist_ok=True)
+    sink: TextIO = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    index = 0
     try:
-        for chunk in _chunks(lines, 1 if interactive else size):
-            for result in translator.translate(chunk, size):
-                sink.write(result.text + "\n")
+        for chunk in _chunks(lines, 1 if interactive else translator.decode.batch_size):
+            for candidates in translator.translate_nbest(chunk, nbest):
+                best = candidates[0]
+                if best.truncated:
+                    print(
+                        f"warning: {name}:{index + 1}: longer than "
+                        f"{translator.decode.max_source_length} tokens, truncated",
+                        file=sys.stderr,
+                    )
+                sink.write(_format(index, candidates, nbest, scores, as_json))
+                if plot_attention and best.tokens:
+                    from seq2seq.plots import plot_attention as draw
+
+                    draw(best, plot_attention / f"{index + 1:06d}.png")
+                index += 1
             sink.flush()
     finally:
         if output:
             sink.close()
+
+
+def _format(index: int, candidates, nbest: int, scores: bool, as_json: bool) -> str:
+    """The output line(s) of one input line."""
+    if as_json:
+        record = [
+            {
+                "translation": c.text,
+                "score": c.score,
+                "tokens": c.tokens,
+                "source_tokens": c.source_tokens,
+                "alignment": c.alignment(),
+            }
+            for c in candidates
+        ]
+        best = record[0] if nbest == 1 else {**record[0], "nbest": record}
+        return json.dumps({"index": index, **best}, ensure_ascii=False) + "\n"
+    if nbest > 1:
+        return "".join(
+            f"{index}\t{rank}\t{c.score:.4f}\t{c.text}\n" for rank, c in enumerate(candidates, 1)
+        )
+    best = candidates[0]
+    return f"{best.score:.4f}\t{best.text}\n" if scores else best.text + "\n"
 
 
 def _stdin_lines(interactive: bool) -> Iterator[bytes]:
@@ -164,33 +267,39 @@ def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pt) to evaluate.")],
+    model: ModelOption,
     src: Annotated[Path, typer.Option("--src", help="Source sentences, one per line.")],
     ref: Annotated[Path, typer.Option("--ref", help="Reference translations, line-aligned.")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the translations here.")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Sentences per batch.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    beam: BeamOption = None,
+    alpha: AlphaOption = None,
+    replace_unk: ReplaceUnkOption = None,
+    batch_size: BatchOption = None,
+    device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Translate --src and score it against --ref: sacreBLEU, chrF, tokenized BLEU, perplexity."""
     from seq2seq.corpus import read_parallel
     from seq2seq.evaluation import evaluate as run_evaluation
-    from seq2seq.translator import Translator
 
     sources, references = read_parallel(src, ref)
-    translator = Translator.from_checkpoint(model, device)
-    result = run_evaluation(translator, sources, references, batch_size)
+    translator = _translator(model, device, beam, alpha, replace_unk, batch_size)
+    result = run_evaluation(translator, sources, references)
     if output:
         output.write_text("".join(t.text + "\n" for t in result.translations), encoding="utf-8")
+    decode = translator.decode
     if as_json:
-        typer.echo(json.dumps({"sentences": len(sources), **result.as_dict()}))
+        record = {"sentences": len(sources), "beam": decode.beam_size, "alpha": decode.alpha}
+        typer.echo(json.dumps({**record, **result.as_dict()}))
         return
-    scores = result.scores
-    typer.echo(f"BLEU = {scores.bleu:.2f}  ({scores.bleu_signature})")
-    typer.echo(f"chrF = {scores.chrf:.2f}  ({scores.chrf_signature})")
-    typer.echo(f"tokenized BLEU = {scores.tokenized_bleu:.2f}  (BLEU-4 over the model's tokens)")
+    found = result.scores
+    search = "greedy" if decode.beam_size == 1 else f"beam {decode.beam_size}, alpha {decode.alpha}"
+    typer.echo(f"{len(sources)} sentences, {search}")
+    typer.echo(f"BLEU = {found.bleu:.2f}  ({found.bleu_signature})")
+    typer.echo(f"chrF = {found.chrf:.2f}  ({found.chrf_signature})")
+    typer.echo(f"tokenized BLEU = {found.tokenized_bleu:.2f}  (BLEU-4 over the model's tokens)")
     typer.echo(f"perplexity = {result.perplexity:.2f}  (loss {result.loss:.4f})")
 
 

@@ -114,10 +114,20 @@ class TrainConfig(Section):
 
 
 class DecodeConfig(Section):
+    """How `translate` and `evaluate` decode (validation during training is greedy)."""
+
+    beam_size: int = Field(5, gt=0)
+    """1 is greedy search."""
+    alpha: float = Field(0.6, ge=0.0)
+    """GNMT length penalty ((5 + length) / 6) ** alpha; 0 ranks by summed log-probability."""
+    replace_unk: bool = False
+    """Replace each <unk> in the output with the source token it attends to most."""
     batch_size: int = Field(64, gt=0)
     max_length_ratio: float = Field(2.0, gt=0.0)
     max_length_offset: int = Field(10, ge=0)
     """A translation stops after ratio * source_tokens + offset tokens."""
+    max_source_length: int = Field(250, gt=0)
+    """Longer inputs are truncated to this many tokens (with a warning)."""
 
 
 class Config(Section):

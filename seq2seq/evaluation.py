@@ -24,12 +24,10 @@ class Evaluation:
         return {"loss": self.loss, "perplexity": self.perplexity, **self.scores.as_dict()}
 
 
-def evaluate(
-    translator: Translator, sources: list[str], references: list[str], batch_size: int | None = None
-) -> Evaluation:
+def evaluate(translator: Translator, sources: list[str], references: list[str]) -> Evaluation:
     """Translate `sources` and score them against the raw `references` lines."""
-    loss = corpus_loss(translator, sources, references, batch_size)
-    translations = translator.translate(sources, batch_size)
+    loss = corpus_loss(translator, sources, references)
+    translations = translator.translate(sources)
     reference_tokens = translator.trg_tokenizer.tokenize(references)
     hypotheses = [t.text for t in translations]
     hypothesis_tokens = [t.tokens for t in translations]
@@ -38,9 +36,7 @@ def evaluate(
 
 
 @torch.inference_mode()
-def corpus_loss(
-    translator: Translator, sources: list[str], references: list[str], batch_size: int | None = None
-) -> float:
+def corpus_loss(translator: Translator, sources: list[str], references: list[str]) -> float:
     """Mean cross-entropy per reference token, always feeding the gold previous token."""
     model = translator.model
     src_tokens = translator.src_tokenizer.tokenize(sources)
@@ -51,7 +47,7 @@ def corpus_loss(
     model.eval()
     total, tokens = 0.0, 0
     lengths = [max(len(s), len(t)) for s, t in zip(src, trg, strict=True)]
-    for indices in make_batches(lengths, batch_size or translator.decode.batch_size):
+    for indices in make_batches(lengths, translator.decode.batch_size):
         batch = collate(indices, src, trg).to(translator.device)
         logits = model(batch.src, batch.src_lengths, batch.trg[:, :-1], teacher_forcing=1.0)
         total += float(sequence_loss(logits, batch.trg))

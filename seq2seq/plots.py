@@ -6,6 +6,7 @@ from pathlib import Path
 
 from seq2seq.errors import UserError
 from seq2seq.runlog import METRICS_FILE, read_metrics
+from seq2seq.translator import Translation
 
 CURVES_FILE = "curves.png"
 
@@ -49,3 +50,28 @@ def plot_run(run_dir: str | Path) -> Path:
     plt.close(figure)
     temporary.replace(path)
     return path
+
+
+def plot_attention(translation: Translation, path: str | Path) -> Path:
+    """A heatmap of one translation's attention: source tokens across, output tokens down."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ["<sos>", *translation.source_tokens, "<eos>"]
+    rows = [*translation.tokens, "<eos>"][: translation.attention.size(0)]
+    weights = translation.attention[: len(rows), : len(columns)].numpy()
+    figure, axis = plt.subplots(
+        figsize=(max(4.0, 0.45 * len(columns) + 1.5), max(3.0, 0.4 * len(rows) + 1.2))
+    )
+    image = axis.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    axis.set_xticks(range(len(columns)), columns, rotation=60, ha="right")
+    axis.set_yticks(range(len(rows)), rows)
+    axis.set_xlabel("source")
+    axis.set_ylabel("output")
+    figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

@@ -138,7 +138,7 @@ class Trainer:
             self.trg_vocab,
             self.src_tokenizer,
             self.trg_tokenizer,
-            config.decode,
+            config.decode.model_copy(update={"beam_size": 1}),  # validation is greedy
             self.device,
         )
         self.progress = Progress()

@@ -21,19 +21,30 @@ from seq2seq.config import Config, DecodeConfig, config_from_dict
 from seq2seq.data import collate, make_batches
 from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
-from seq2seq.search import greedy_search, max_output_lengths
+from seq2seq.search import Hypothesis, beam_search, greedy_search, max_output_lengths
 from seq2seq.tokenizer import Tokenizer
-from seq2seq.vocab import Vocabulary
+from seq2seq.vocab import SPECIALS, UNK, Vocabulary
 
 
 @dataclass
 class Translation:
     text: str  # detokenized output
     tokens: list[str]  # output tokens, without <eos>
-    source_tokens: list[str]
-    score: float  # log-probability of the output (with <eos>)
+    source_tokens: list[str]  # as translated (after truncation)
+    score: float  # log-probability of the output with <eos> (/ length penalty in beams)
     attention: Tensor  # [len(tokens) + 1, len(source_tokens) + 2]: rows output (+<eos>),
     #                    columns <sos> source <eos>
+    truncated: bool = False  # the source was longer than decode.max_source_length
+
+    def alignment(self) -> list[int]:
+        """For each output token, the index of the source token it attends to most."""
+        if not self.source_tokens:
+            return []
+        return (
+            (self.attention[: len(self.tokens), 1 : len(self.source_tokens) + 1])
+            .argmax(dim=1)
+            .tolist()
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,34 +97,71 @@ class Translator:
             model, src_vocab, trg_vocab, src_tokenizer, trg_tokenizer, config.decode, torch_device
         )
 
-    def translate(self, lines: list[str], batch_size: int | None = None) -> list[Translation]:
+    def translate(self, lines: list[str]) -> list[Translation]:
         """One Translation per line, in order; an empty line gives an empty translation."""
+        return [candidates[0] for candidates in self.translate_nbest(lines)]
+
+    def translate_nbest(self, lines: list[str], nbest: int = 1) -> list[list[Translation]]:
+        """The `nbest` best translations of each line, best first (decoded with
+        self.decode: beam size, length penalty, unknown-word replacement, limits)."""
+        decode = self.decode
+        if nbest > decode.beam_size:
+            raise UserError(
+                f"--nbest {nbest} needs a beam of at least {nbest} (got {decode.beam_size})"
+            )
         source_tokens = self.src_tokenizer.tokenize(lines)
-        results: list[Translation | None] = [None] * len(lines)
+        truncated = [len(tokens) > decode.max_source_length for tokens in source_tokens]
+        source_tokens = [tokens[: decode.max_source_length] for tokens in source_tokens]
+        empty = [Translation("", [], [], 0.0, torch.zeros(1, 2))]
+        results: list[list[Translation]] = [empty * nbest for _ in lines]
         nonempty = [i for i, tokens in enumerate(source_tokens) if tokens]
         ids = [torch.tensor(self.src_vocab.encode(source_tokens[i])) for i in nonempty]
         was_training = self.model.training
         self.model.eval()
-        batches = make_batches([len(row) for row in ids], batch_size or self.decode.batch_size)
-        for positions in batches:
+        for positions in make_batches([len(row) for row in ids], decode.batch_size):
             batch = collate(positions, ids, None).to(self.device)
             limits = max_output_lengths(
-                batch.src_lengths, self.decode.max_length_ratio, self.decode.max_length_offset
+                batch.src_lengths, decode.max_length_ratio, decode.max_length_offset
             )
-            hypotheses = greedy_search(self.model, batch.src, batch.src_lengths, limits)
-            for position, hypothesis in zip(positions, hypotheses, strict=True):
-                line = nonempty[position]
-                tokens = self.trg_vocab.decode(hypothesis.tokens)
-                results[line] = Translation(
-                    self.trg_tokenizer.detokenize(tokens),
-                    tokens,
-                    source_tokens[line],
-                    hypothesis.score,
-                    hypothesis.attention,
+            if decode.beam_size == 1:
+                found = [
+                    [h] for h in greedy_search(self.model, batch.src, batch.src_lengths, limits)
+                ]
+            else:
+                found = beam_search(
+                    self.model,
+                    batch.src,
+                    batch.src_lengths,
+                    limits,
+                    decode.beam_size,
+                    decode.alpha,
+                    nbest,
                 )
+            for position, hypotheses in zip(positions, found, strict=True):
+                line = nonempty[position]
+                results[line] = [
+                    self._finish(h, source_tokens[line], truncated[line]) for h in hypotheses
+                ]
         self.model.train(was_training)
-        empty = Translation("", [], [], 0.0, torch.zeros(0, 0))
-        return [result or empty for result in results]
+        return results
+
+    def _finish(self, hypothesis: Hypothesis, source: list[str], truncated: bool) -> Translation:
+        """Ids -> tokens -> text, replacing <unk> from the source if asked to."""
+        tokens = self.trg_vocab.decode(hypothesis.tokens)
+        translation = Translation(
+            "", tokens, source, hypothesis.score, hypothesis.attention, truncated
+        )
+        if self.decode.replace_unk:
+            translation.tokens = replace_unknown(tokens, source, translation.alignment())
+        translation.text = self.trg_tokenizer.detokenize(translation.tokens)
+        return translation
+
+
+def replace_unknown(tokens: list[str], source: list[str], alignment: list[int]) -> list[str]:
+    """Each <unk> output token becomes the source token it attends to most."""
+    return [
+        source[alignment[i]] if token == SPECIALS[UNK] else token for i, token in enumerate(tokens)
+    ]
 
 
 def make_tokenizers(
