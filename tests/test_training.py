@@ -191,7 +191,9 @@ def test_inverse_sqrt_warmup(tmp_path: Path):
             "train.learning_rate=0.01",
         )
     )
-    records = [r for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if r["kind"] == "train"]
+    records = [
+        r for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if r["kind"] == "train"
+    ]
     rates = [r["lr"] for r in records]
     assert rates[:4] == pytest.approx([0.005, 0.0075, 0.01, 0.01 * (4 / 5) ** 0.5])
     assert rates[-1] == pytest.approx(0.01 * (4 / 17) ** 0.5)
@@ -235,7 +237,9 @@ def test_metrics_log_curves_and_environment(reference_run: Path):
 
 def test_keep_and_average_checkpoints(tmp_path: Path):
     run_dir = tmp_path / "run"
-    train(config(run_dir, "train.validate_every=5", "train.max_steps=20", "train.keep_checkpoints=2"))
+    train(
+        config(run_dir, "train.validate_every=5", "train.max_steps=20", "train.keep_checkpoints=2")
+    )
     kept = sorted(run_dir.glob("ckpt-step*.pt"))
     assert len(kept) == 2
     out = tmp_path / "avg.pt"
@@ -255,7 +259,9 @@ def test_keep_and_average_checkpoints(tmp_path: Path):
 def test_plot_command(reference_run: Path):
     (reference_run / "curves.png").unlink()
     result = subprocess.run(
-        [sys.executable, "-m", "seq2seq", "plot", str(reference_run)], capture_output=True, text=True
+        [sys.executable, "-m", "seq2seq", "plot", str(reference_run)],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert (reference_run / "curves.png").read_bytes().startswith(b"\x89PNG")
