@@ -52,7 +52,9 @@ def pairs() -> list[tuple[str, str]]:
             for de_place, en_place in PLACES:
                 de_verb = de_plural if plural else de_singular
                 en_verb = en_plural if plural else en_singular
-                result.append((f"{de_subject} {de_verb} {de_place}.", f"{en_subject} {en_verb} {en_place}."))
+                result.append(
+                    (f"{de_subject} {de_verb} {de_place}.", f"{en_subject} {en_verb} {en_place}.")
+                )
     return result
 
 

@@ -1,0 +1,226 @@
+"""Speed benchmark: training target tokens/s and translation sentences/s, each measured
+back to back against a faithful reading of the public tutorial's computation.
+
+    python scripts/benchmark.py --config configs/multi30k_de_en_tutorial.yaml \
+        --data ../shared/data/multi30k --checkpoint runs/multi30k_de_en_tutorial/best.pt
+
+Training (same model sizes, same batches, same threads):
+- ours: attention keys once per batch; the output projection of all steps as one matrix
+  multiply after the step loop; the argmax for the next input only on steps that need it.
+- tutorial: attention energy recomputed over [state; encoder output] at every step,
+  output projection inside the step loop, teacher forcing decided per step.
+Translation of the config's test split, test_2016_flickr (or --sentences of it):
+- tutorial: one sentence at a time, greedy, attention and output projection per step.
+- ours: batched greedy and beam 5 at batch sizes 1 and 64 (through the Translator API,
+  tokenization and detokenization included, like the tutorial's loop).
+Prints medians of --repeats timed runs and the ratios, and the peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from seq2seq.checkpoint import load_checkpoint
+from seq2seq.config import Config, load_config
+from seq2seq.corpus import read_lines, split_path
+from seq2seq.data import collate, make_batches
+from seq2seq.loss import sequence_loss
+from seq2seq.model import Seq2Seq
+from seq2seq.translator import Translator, make_tokenizers
+from seq2seq.vocab import EOS, PAD, SOS, Vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the tutorial's computation, on our model's parameters ---------------------------------
+
+
+def tutorial_attention(model: Seq2Seq, state: Tensor, outputs: Tensor, mask: Tensor) -> Tensor:
+    """energy = tanh(W [s; h] + b) recomputed over every source position at every step."""
+    attention = model.decoder.attention
+    weight = torch.cat([attention.query_projection.weight, attention.key_projection.weight], 1)
+    repeated = state.unsqueeze(1).expand(-1, outputs.size(1), -1)  # [B,S,D]
+    energy = torch.tanh(
+        torch.nn.functional.linear(
+            torch.cat([repeated, outputs], dim=2), weight, attention.key_projection.bias
+        )
+    )
+    scores = attention.energy_weight(energy).squeeze(2).masked_fill(~mask, -1e10)
+    return torch.softmax(scores, dim=1)
+
+
+def tutorial_step(model: Seq2Seq, token: Tensor, state: Tensor, outputs: Tensor, mask: Tensor):
+    decoder = model.decoder
+    embedded = decoder.dropout(decoder.embedding(token))
+    weights = tutorial_attention(model, state, outputs, mask)
+    context = torch.bmm(weights.unsqueeze(1), outputs).squeeze(1)
+    state = decoder.rnn(torch.cat([embedded, context], dim=1), state)
+    return decoder.output(torch.cat([state, context, embedded], dim=1)), state
+
+
+def tutorial_forward(model: Seq2Seq, src: Tensor, lengths: Tensor, trg: Tensor, ratio: float):
+    """The tutorial's Seq2Seq.forward: per-step attention, projection and teacher forcing."""
+    outputs, state = model.encoder(src, lengths)
+    mask = src != PAD
+    token, predictions = trg[:, 0], []
+    for t in range(1, trg.size(1)):
+        logits, state = tutorial_step(model, token, state, outputs, mask)
+        predictions.append(logits)
+        token = trg[:, t] if random.random() < ratio else logits.argmax(1)
+    return torch.stack(predictions, dim=1)
+
+
+@torch.no_grad()
+def tutorial_translate(translator: Translator, sentence: str, max_len: int = 50) -> str:
+    """The tutorial's translate_sentence: one sentence, greedy, up to 50 tokens."""
+    model = translator.model
+    tokens = translator.src_tokenizer.tokenize([sentence])[0]
+    src = torch.tensor([translator.src_vocab.encode(tokens)])
+    outputs, state = model.encoder(src, torch.tensor([src.size(1)]))
+    mask = src != PAD
+    token, result = torch.tensor([SOS]), []
+    for _ in range(max_len):
+        logits, state = tutorial_step(model, token, state, outputs, mask)
+        token = logits.argmax(1)
+        if int(token) == EOS:
+            break
+        result.append(int(token))
+    return translator.trg_tokenizer.detokenize(translator.trg_vocab.decode(result))
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+
+def median_time(run, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def training_batches(config: Config, data: Path, count: int):
+    src_tokenizer, trg_tokenizer = make_tokenizers(config)
+    src_lines = read_lines(split_path(data, config.data.train, config.data.src_lang))
+    trg_lines = read_lines(split_path(data, config.data.train, config.data.trg_lang))
+    src_tokens, trg_tokens = src_tokenizer.tokenize(src_lines), trg_tokenizer.tokenize(trg_lines)
+    src_vocab = Vocabulary.build(src_tokens, config.vocab.min_freq, config.vocab.max_size)
+    trg_vocab = Vocabulary.build(trg_tokens, config.vocab.min_freq, config.vocab.max_size)
+    src_ids = [torch.tensor(src_vocab.encode(t)) for t in src_tokens]
+    trg_ids = [torch.tensor(trg_vocab.encode(t)) for t in trg_tokens]
+    lengths = [max(len(s), len(t)) for s, t in zip(src_ids, trg_ids, strict=True)]
+    generator = torch.Generator().manual_seed(config.seed)
+    order = make_batches(lengths, config.train.batch_size, config.train.batch_unit, generator)
+    batches = [collate(indices, src_ids, trg_ids) for indices in order[:count]]
+    epoch_tokens = sum(len(t) - 1 for t in trg_ids)
+    return batches, len(src_vocab), len(trg_vocab), epoch_tokens, len(order)
+
+
+def benchmark_training(config: Config, data: Path, windows: int, window_batches: int) -> None:
+    batches, src_size, trg_size, epoch_tokens, epoch_batches = training_batches(
+        config, data, window_batches
+    )
+    torch.manual_seed(config.seed)
+    model = Seq2Seq(config.model, src_size, trg_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
+    ratio = config.train.teacher_forcing
+
+    def window(forward) -> float:
+        tokens = 0
+        started = time.perf_counter()
+        for batch in batches:
+            logits = forward(batch)
+            loss = sequence_loss(logits, batch.trg) / batch.target_tokens
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            tokens += batch.target_tokens
+        return tokens / (time.perf_counter() - started)
+
+    ours = lambda b: model(b.src, b.src_lengths, b.trg[:, :-1], ratio)  # noqa: E731
+    tutorial = lambda b: tutorial_forward(model, b.src, b.src_lengths, b.trg, ratio)  # noqa: E731
+    model.train()
+    window(ours)  # warm-up
+    results = {"ours": [], "tutorial": []}
+    for _ in range(windows):  # interleaved, so drift in machine speed hits both alike
+        results["ours"].append(window(ours))
+        results["tutorial"].append(window(tutorial))
+    print(f"training ({window_batches} batches x {windows} windows, teacher forcing {ratio}):")
+    for name, rates in results.items():
+        rate = statistics.median(rates)
+        runs = ", ".join(f"{r:.0f}" for r in rates)
+        print(
+            f"  {name:9s} {rate:8.0f} target tokens/s (median of {runs})"
+            f" -> {epoch_tokens / rate:.0f} s per epoch of {epoch_batches} batches"
+        )
+    speedup = statistics.median(results["ours"]) / statistics.median(results["tutorial"])
+    print(f"  ratio ours / tutorial: {speedup:.2f}x")
+
+
+def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats: int) -> None:
+    translator = Translator.from_checkpoint(checkpoint, "cpu")
+    settings = load_checkpoint(checkpoint)["config"]["data"]
+    lines = read_lines(split_path(data, settings["test"], settings["src_lang"]))[:sentences]
+
+    def ours(beam: int, batch: int):
+        def run():
+            translator.decode = translator.decode.model_copy(
+                update={"beam_size": beam, "batch_size": batch}
+            )
+            translator.translate(lines)
+
+        return run
+
+    runs = {
+        "tutorial greedy, one sentence at a time": lambda: [
+            tutorial_translate(translator, line) for line in lines
+        ],
+        "greedy, batch 1": ours(1, 1),
+        "greedy, batch 64": ours(1, 64),
+        "beam 5, batch 1": ours(5, 1),
+        "beam 5, batch 64": ours(5, 64),
+    }
+    print(f"translation of {len(lines)} sentences (median of {repeats}):")
+    baseline = None
+    for name, run in runs.items():
+        rate = len(lines) / median_time(run, repeats)
+        baseline = baseline or rate
+        print(f"  {name:40s} {rate:7.1f} sentences/s  {rate / baseline:5.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_config = ROOT / "configs/multi30k_de_en_tutorial.yaml"
+    parser.add_argument("--config", type=Path, default=default_config)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/multi30k")
+    parser.add_argument("--checkpoint", type=Path, help="a trained model, for translation speed")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--windows", type=int, default=3, help="timed training windows")
+    parser.add_argument("--window-batches", type=int, default=5)
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    random.seed(0)
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    if not args.skip_training:
+        benchmark_training(load_config(args.config), args.data, args.windows, args.window_batches)
+    if args.checkpoint:
+        benchmark_translation(args.checkpoint, args.data, args.sentences, args.repeats)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
