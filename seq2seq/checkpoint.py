@@ -9,7 +9,9 @@ Saves are atomic: temporary file in the same folder, flush, fsync, rename.
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +62,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise UserError(f"{path}: not a seq2seq checkpoint (truncated, or another kind of file)")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 5": one line on stderr
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{path}: refused: it holds pickled Python objects, which seq2seq checkpoints never "
+            "do (it was opened weights-only, so nothing in it ran)"
+        ) from None
     except Exception as e:  # foreign bytes fail in many ways: KeyError, IndexError, struct.error...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable seq2seq checkpoint ({reason[:200]})") from None
+        raise UserError(f"{path}: damaged seq2seq checkpoint ({reason[:120]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a seq2seq checkpoint")
     version = payload.get("format_version")

@@ -200,7 +200,7 @@ def translate(
         lines = (decode_line(raw, f"<stdin>:{n}") for n, raw in numbered)
     if plot_attention:
         plot_attention.mkdir(parents=True, exist_ok=True)
-    sink: TextIO = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    sink = _open_output(output) if output else sys.stdout
     index = 0
     try:
         for chunk in _chunks(lines, 1 if interactive else translator.decode.batch_size):
@@ -247,6 +247,13 @@ def _format(index: int, candidates, nbest: int, scores: bool, as_json: bool) -> 
     return f"{best.score:.4f}\t{best.text}\n" if scores else best.text + "\n"
 
 
+def _open_output(path: Path) -> TextIO:
+    try:
+        return open(path, "w", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+    except OSError as error:
+        raise UserError(f"{path}: cannot write: {error.strerror or error}") from None
+
+
 def _stdin_lines(interactive: bool) -> Iterator[bytes]:
     stream: BinaryIO = sys.stdin.buffer
     while True:
@@ -288,7 +295,8 @@ def evaluate(
     translator = _translator(model, device, beam, alpha, replace_unk, batch_size)
     result = run_evaluation(translator, sources, references)
     if output:
-        output.write_text("".join(t.text + "\n" for t in result.translations), encoding="utf-8")
+        with _open_output(output) as sink:
+            sink.writelines(t.text + "\n" for t in result.translations)
     decode = translator.decode
     if as_json:
         record = {"sentences": len(sources), "beam": decode.beam_size, "alpha": decode.alpha}

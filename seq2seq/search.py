@@ -54,7 +54,9 @@ def greedy_search(
         finished |= (tokens == EOS) | (t + 1 >= max_lengths)
         if bool(finished.all()):
             break
-    return _hypotheses(torch.stack(emitted, 1), scores, torch.stack(attention, 1), src_lengths)
+    return _hypotheses(
+        torch.stack(emitted, 1), scores, torch.stack(attention, 1), src_lengths, max_lengths
+    )
 
 
 def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
@@ -133,21 +135,23 @@ def beam_search(
         normalized[picked],
         attention_tensor[picked],
         src_lengths.repeat_interleave(nbest),
+        max_lengths[picked],
     )
     return [flat[i * nbest : (i + 1) * nbest] for i in range(batch_size)]
 
 
 def _hypotheses(
-    ids: Tensor, scores: Tensor, attention: Tensor, src_lengths: Tensor
+    ids: Tensor, scores: Tensor, attention: Tensor, src_lengths: Tensor, max_lengths: Tensor
 ) -> list[Hypothesis]:
-    """ids [B,T], scores [B], attention [B,T,S] -> one Hypothesis per row, cut at the first
-    <eos> (a row stopped by its length limit continues with <eos> only)."""
-    ids_list, scores_list = ids.tolist(), scores.tolist()
+    """ids [B,T], scores [B], attention [B,T,S], max_lengths [B] -> one Hypothesis per row,
+    cut at the first <eos> (a row stopped by its length limit continues with <eos> only;
+    the attention of those steps past the limit is dropped, as when decoded alone)."""
+    ids_list, scores_list, limits = ids.tolist(), scores.tolist(), max_lengths.tolist()
     attention = attention.float().cpu()
     result = []
     for row, row_ids in enumerate(ids_list):
         length = row_ids.index(EOS) if EOS in row_ids else len(row_ids)
-        rows = min(length + 1, len(row_ids))
+        rows = min(length + 1, len(row_ids), limits[row])
         result.append(
             Hypothesis(
                 row_ids[:length],

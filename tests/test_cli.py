@@ -1,0 +1,284 @@
+"""End to end through `python -m seq2seq` on the toy data: results on stdout, one clear
+line on stderr and exit status 2 for every user mistake.
+
+Interpreter start-up (torch, spaCy) costs seconds, so the main paths run as real
+processes and their variations run `seq2seq.cli.main()` in this process (`cli`)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import TOY_CONFIG, TOY_DATA, run_cli, toy_overrides
+
+from seq2seq.corpus import read_lines
+from seq2seq.evaluation import evaluate
+from seq2seq.translator import Translator
+
+SOURCES = read_lines(TOY_DATA / "test.de")
+REFERENCES = read_lines(TOY_DATA / "test.en")
+SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:"
+
+
+def sets(*overrides: str) -> list[str]:
+    return [part for override in overrides for part in ("--set", override)]
+
+
+def test_help_lists_the_commands() -> None:
+    code, out, err = run_cli("--help")
+    assert code == 0, err
+    for command in ("train", "translate", "evaluate"):
+        assert command in out
+
+
+def test_train_writes_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(
+        "train", "--config", TOY_CONFIG, *sets(*toy_overrides(run_dir, "train.epochs=1")),
+        cwd=tmp_path,  # paths in the config must not depend on the working folder
+    )
+    assert code == 0, err
+    assert out == "", "training reports on stderr; stdout stays clean"
+    for name in ("best.pt", "last.pt", "config.yaml"):
+        assert (run_dir / name).is_file(), name
+    assert "Traceback" not in err
+    (translation,) = Translator.from_checkpoint(run_dir / "best.pt", "cpu").translate(SOURCES[:1])
+    assert translation.text
+
+
+TRICKY_LINES = [
+    SOURCES[0],
+    "",
+    SOURCES[1],
+    "Ein Hund\u2028läuft im Park.",  # one line for us, two for str.splitlines()
+    "   ",
+    SOURCES[2],
+    "Ein Hund\u0085tanzt.",
+]
+
+
+def expected_lines(translator: Translator, lines: list[str]) -> list[str]:
+    return [translator.translate([line])[0].text for line in lines]
+
+
+def test_translate_stdin_one_line_out_per_line_in(toy_checkpoint: Path, toy_translator) -> None:
+    text = "".join(line + "\n" for line in TRICKY_LINES)
+    code, out, err = run_cli(
+        "translate", "--model", toy_checkpoint, "--batch-size", "2", input=text
+    )
+    assert code == 0, err
+    assert out.endswith("\n")
+    outputs = out.split("\n")[:-1]
+    assert len(outputs) == len(TRICKY_LINES)
+    assert outputs[1] == "" and outputs[4] == ""
+    assert all(outputs[i] for i in (0, 2, 3, 5, 6))
+    assert outputs == expected_lines(toy_translator, TRICKY_LINES)
+
+
+def test_translate_file_to_file(
+    tmp_path: Path, toy_checkpoint: Path, toy_translator, cli
+) -> None:
+    source = tmp_path / "in.de"
+    # CRLF endings and no newline after the last line: still one output line per line.
+    source.write_bytes("\r\n".join(TRICKY_LINES).encode("utf-8"))
+    target = tmp_path / "out.en"
+    code, out, err = cli(
+        "translate", "--model", toy_checkpoint, "--input", source, "--output", target
+    )
+    assert code == 0, err
+    assert out == ""
+    written = target.read_text(encoding="utf-8")
+    assert written.endswith("\n")
+    assert written.split("\n")[:-1] == expected_lines(toy_translator, TRICKY_LINES)
+
+
+def test_translate_empty_input(toy_checkpoint: Path, cli) -> None:
+    assert cli("translate", "--model", toy_checkpoint, input=b"")[:2] == (0, "")
+
+
+def test_evaluate_prints_scores_with_signature(
+    toy_checkpoint: Path, tmp_path: Path, cli
+) -> None:
+    output = tmp_path / "hyp.en"
+    code, out, err = cli(
+        "evaluate", "--model", toy_checkpoint, "--src", TOY_DATA / "test.de",
+        "--ref", TOY_DATA / "test.en", "--output", output,
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith("BLEU = ") and SIGNATURE in line for line in lines)
+    assert any(line.startswith("chrF = ") for line in lines)
+    assert any(line.startswith("tokenized BLEU = ") for line in lines)
+    assert any(line.startswith("perplexity = ") for line in lines)
+    assert len(output.read_text(encoding="utf-8").splitlines()) == len(SOURCES)
+
+
+def test_evaluate_json(toy_checkpoint: Path, toy_translator) -> None:
+    code, out, err = run_cli(
+        "evaluate", "--model", toy_checkpoint, "--src", TOY_DATA / "test.de",
+        "--ref", TOY_DATA / "test.en", "--json",
+    )
+    assert code == 0, err
+    assert out.count("\n") == 1, "one JSON object on one line"
+    result = json.loads(out)
+    assert isinstance(result, dict)
+    for key in ("bleu", "chrf", "tokenized_bleu", "perplexity"):
+        assert isinstance(result[key], float), key
+    assert SIGNATURE in result["bleu_signature"]
+    expected = evaluate(toy_translator, SOURCES, REFERENCES)
+    assert result["bleu"] == pytest.approx(expected.scores.bleu)
+    assert result["perplexity"] == pytest.approx(expected.perplexity, rel=1e-4)
+
+
+# -- user mistakes: exit status 2, one line on stderr, no traceback ---------------------
+
+
+def copy_toy_data(folder: Path) -> Path:
+    shutil.copytree(TOY_DATA, folder)
+    return folder
+
+
+def corrupt_line(path: Path, number: int) -> None:
+    lines = path.read_bytes().split(b"\n")
+    lines[number - 1] = lines[number - 1] + b" \xc3\x28"
+    path.write_bytes(b"\n".join(lines))
+
+
+def mismatched_evaluate(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    src, ref = tmp / "src.de", tmp / "ref.en"
+    src.write_text("Ein Hund.\nEine Frau.\nEin Mann.\n", encoding="utf-8")
+    ref.write_text("A dog.\nA woman.\n", encoding="utf-8")
+    args = ["evaluate", "--model", checkpoint, "--src", src, "--ref", ref]
+    return args, None, [f"{src} has 3 lines", f"{ref} has 2"]
+
+
+def mismatched_training_data(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    data = copy_toy_data(tmp / "data")
+    valid = data / "val.en"
+    valid.write_text("".join(line + "\n" for line in read_lines(valid)[:-1]), encoding="utf-8")
+    args = ["train", "--config", TOY_CONFIG, *sets(f"train.run_dir={tmp / 'run'}",
+                                                   f"data.dir={data}")]
+    return args, None, [f"{data / 'val.de'} has 56 lines", f"{valid} has 55"]
+
+
+def missing_data_file(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    data = copy_toy_data(tmp / "data")
+    (data / "train.en").unlink()
+    args = ["train", "--config", TOY_CONFIG, *sets(f"train.run_dir={tmp / 'run'}",
+                                                   f"data.dir={data}")]
+    return args, None, [str(data / "train.en"), "not found"]
+
+
+def invalid_utf8_in_data(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    data = copy_toy_data(tmp / "data")
+    corrupt_line(data / "train.en", 7)
+    args = ["train", "--config", TOY_CONFIG, *sets(f"train.run_dir={tmp / 'run'}",
+                                                   f"data.dir={data}")]
+    return args, None, [f"{data / 'train.en'}:7", "invalid UTF-8"]
+
+
+def invalid_utf8_on_stdin(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    return ["translate", "--model", checkpoint], "Ein Hund.\nkaputt \udcff\n", ["<stdin>:2"]
+
+
+def unknown_config_key(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    config = tmp / "bad.yaml"
+    config.write_text("seed: 1\ntrain:\n  epoch: 3\n", encoding="utf-8")
+    return ["train", "--config", config], None, [f"{config}:3", "'train.epochs'"]
+
+
+def unknown_set_key(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    args = ["train", "--config", TOY_CONFIG, *sets("train.epoch=3")]
+    return args, None, ["train.epoch=3", "did you mean 'train.epochs'?"]
+
+
+def wrong_value_type(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    config = tmp / "bad.yaml"
+    config.write_text("seed: 1\ntrain:\n  epochs: many\n", encoding="utf-8")
+    return ["train", "--config", config], None, [f"{config}:3", "train.epochs"]
+
+
+def foreign_checkpoint(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    model = tmp / "random.pt"
+    # A pickle header: torch warns about the protocol, which must not reach stderr.
+    model.write_bytes(b"\x80\x05" + random.Random(0).randbytes(4000))
+    return ["translate", "--model", model], "Ein Hund.\n", [str(model), "not a"]
+
+
+def missing_checkpoint(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    model = tmp / "nothing.pt"
+    return ["translate", "--model", model], "Ein Hund.\n", [str(model), "not found"]
+
+
+def missing_input(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    source = tmp / "missing.de"
+    return ["translate", "--model", checkpoint, "--input", source], None, [str(source)]
+
+
+def existing_run(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    run_dir = checkpoint.parent
+    args = ["train", "--config", TOY_CONFIG, *sets(*toy_overrides(run_dir))]
+    return args, None, [str(run_dir), "--overwrite"]
+
+
+MISTAKES: list[Callable[[Path, Path], tuple[list, str | None, list[str]]]] = [
+    mismatched_evaluate,
+    mismatched_training_data,
+    missing_data_file,
+    invalid_utf8_in_data,
+    invalid_utf8_on_stdin,
+    unknown_config_key,
+    unknown_set_key,
+    wrong_value_type,
+    foreign_checkpoint,
+    missing_checkpoint,
+    missing_input,
+    existing_run,
+]
+
+
+def check_mistake(code: int, err: str, expected: list[str]) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ")
+    for part in expected:
+        assert part in err, part
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=lambda f: f.__name__)
+def test_user_mistake_is_one_line_and_status_2(
+    mistake: Callable, tmp_path: Path, toy_checkpoint: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = sorted(p.name for p in toy_checkpoint.parent.iterdir())
+    best = toy_checkpoint.read_bytes()
+    args, stdin, expected = mistake(tmp_path, toy_checkpoint)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(*args, input=encode(stdin))
+    check_mistake(code, err, expected)
+    # No mistake touches the toy run.
+    assert sorted(p.name for p in toy_checkpoint.parent.iterdir()) == before
+    assert toy_checkpoint.read_bytes() == best
+
+
+def test_user_mistake_in_a_real_process(tmp_path: Path, toy_checkpoint: Path) -> None:
+    """The same through the interpreter: nothing else (torch's warnings...) reaches stderr."""
+    args, stdin, expected = foreign_checkpoint(tmp_path, toy_checkpoint)
+    code, _, err = run_cli(*args, input=encode(stdin), cwd=tmp_path)
+    check_mistake(code, err, expected)
+
+
+def encode(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("utf-8", errors="surrogateescape")
+
+
+def test_output_into_a_missing_folder_is_a_user_error(
+    tmp_path: Path, toy_checkpoint: Path, cli
+) -> None:
+    target = tmp_path / "no" / "such" / "out.en"
+    code, _, err = cli("translate", "--model", toy_checkpoint, "--output", target, input=b"Hund\n")
+    check_mistake(code, err, [str(target)])

@@ -1,0 +1,71 @@
+"""Metrics: sacreBLEU and chrF on detokenized text, tokenized BLEU, perplexity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sacrebleu
+
+from seq2seq.metrics import perplexity, score_corpus, tokenized_bleu
+
+REFERENCES = ["A man rides a bike.", "Two dogs play in the snow.", "A woman sleeps on the grass."]
+TOKENS = [
+    ["A", "man", "rides", "a", "bike", "."],
+    ["Two", "dogs", "play", "in", "the", "snow", "."],
+    ["A", "woman", "sleeps", "on", "the", "grass", "."],
+]
+
+
+def test_identical_text_scores_100_with_signatures() -> None:
+    scores = score_corpus(REFERENCES, REFERENCES, TOKENS, TOKENS)
+    assert scores.bleu == pytest.approx(100.0)
+    assert scores.chrf == pytest.approx(100.0)
+    assert scores.tokenized_bleu == pytest.approx(100.0)
+    assert scores.bleu_signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|")
+    assert f"version:{sacrebleu.__version__}" in scores.bleu_signature
+    assert scores.chrf_signature.startswith("nrefs:1|case:mixed|")
+    assert set(scores.as_dict()) == {
+        "bleu", "chrf", "tokenized_bleu", "bleu_signature", "chrf_signature"
+    }
+
+
+def test_bleu_is_standard_sacrebleu() -> None:
+    hypotheses = ["A man rides a horse.", "Two dogs play in snow.", "A woman sleeps."]
+    scores = score_corpus(hypotheses, REFERENCES, TOKENS, TOKENS)
+    assert scores.bleu == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [REFERENCES]).score)
+    assert scores.chrf == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [REFERENCES]).score)
+    assert 0 < scores.bleu < 100
+
+
+def test_bleu_is_case_sensitive() -> None:
+    lowered = [r.lower() for r in REFERENCES]
+    assert score_corpus(lowered, REFERENCES, TOKENS, TOKENS).bleu < 100
+
+
+def test_tokenized_bleu_uses_the_given_tokens() -> None:
+    assert tokenized_bleu(TOKENS, TOKENS) == pytest.approx(100.0)
+    # sacreBLEU's 13a tokenizer would split "bike." and find a perfect match; over the
+    # given tokens "bike." and "bike ." differ.
+    glued = [t[:-2] + [t[-2] + t[-1]] for t in TOKENS]
+    assert tokenized_bleu(glued, TOKENS) < 100
+    assert tokenized_bleu([["x", "y", "z", "w"]] * 3, TOKENS) == pytest.approx(0.0)
+
+
+def test_tokenized_bleu_known_value() -> None:
+    hypothesis = [["the", "cat", "sat", "on", "the", "mat"]]
+    reference = [["the", "cat", "sat", "on", "a", "mat"]]
+    # precisions 5/6, 3/5, 2/4, 1/3; same length: no brevity penalty
+    expected = 100 * math.exp(sum(math.log(p) for p in (5 / 6, 3 / 5, 2 / 4, 1 / 3)) / 4)
+    assert tokenized_bleu(hypothesis, reference) == pytest.approx(expected)
+
+
+def test_empty_hypotheses_score_zero() -> None:
+    scores = score_corpus(["", "", ""], REFERENCES, [[], [], []], TOKENS)
+    assert scores.bleu == 0 and scores.tokenized_bleu == 0
+
+
+def test_perplexity() -> None:
+    assert perplexity(0.0) == 1.0
+    assert perplexity(math.log(23.2)) == pytest.approx(23.2)
+    assert math.isfinite(perplexity(1e6))

@@ -1,0 +1,235 @@
+"""The model: shapes, masking, packing, the hoisted attention, teacher forcing, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TOY_DATA, random_batch, tiny_model, tiny_model_config
+from hypothesis import given
+from hypothesis import strategies as st
+
+from seq2seq.attention import AdditiveAttention
+from seq2seq.corpus import read_lines
+from seq2seq.data import collate
+from seq2seq.loss import sequence_loss
+from seq2seq.metrics import tokenized_bleu
+from seq2seq.model import Seq2Seq
+from seq2seq.search import greedy_search
+from seq2seq.tokenizer import Tokenizer
+from seq2seq.vocab import EOS, PAD, SOS, Vocabulary
+
+# tiny_model(): E=8, H=6 (outputs 2H=12), decoder E=7, D=5; source V=13, target V=11.
+E, H, DE, D, SV, TV = 8, 6, 7, 5, 13, 11
+
+
+def test_encoder_shapes_and_zero_padding() -> None:
+    model = tiny_model()
+    src, lengths = random_batch([5, 3, 4], SV)
+    outputs, state = model.encoder(src, lengths)
+    assert outputs.shape == (3, 5, 2 * H)
+    assert state.shape == (3, D)
+    assert torch.all(outputs[1, 3:] == 0) and torch.all(outputs[2, 4:] == 0)
+    assert torch.all(outputs[0] != 0)
+    assert torch.all(state.abs() <= 1)  # tanh
+
+
+def test_decoder_step_and_model_shapes() -> None:
+    model = tiny_model()
+    src, lengths = random_batch([6, 2], SV)
+    memory, state = model.encode(src, lengths)
+    assert memory.outputs.shape == (2, 6, 2 * H)
+    assert memory.keys.shape == (2, 6, D)
+    assert memory.mask.tolist() == [[True] * 6, [True, True] + [False] * 4]
+    log_probs, new_state, weights = model.decoder.step(torch.tensor([SOS, SOS]), state, memory)
+    assert log_probs.shape == (2, TV) and new_state.shape == (2, D) and weights.shape == (2, 6)
+    assert torch.allclose(log_probs.exp().sum(1), torch.ones(2))
+    trg_in = torch.randint(4, TV, (2, 7))
+    assert model(src, lengths, trg_in).shape == (2, 7, TV)
+
+
+def test_memory_select_reorders_rows() -> None:
+    model = tiny_model()
+    src, lengths = random_batch([4, 3], SV)
+    memory, _ = model.encode(src, lengths)
+    picked = memory.select(torch.tensor([1, 1, 0]))
+    assert torch.equal(picked.outputs[2], memory.outputs[0])
+    assert torch.equal(picked.keys[0], memory.keys[1])
+    assert picked.mask.tolist() == [memory.mask[1].tolist()] * 2 + [memory.mask[0].tolist()]
+
+
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+    seed=st.integers(0, 10_000),
+)
+def test_attention_is_zero_on_padding_and_sums_to_one(lengths: list[int], seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    batch, steps = len(lengths), max(lengths)
+    attention = AdditiveAttention(memory_size=12, query_size=5, attention_size=7)
+    with torch.no_grad():
+        for parameter in attention.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 3)
+    memory = torch.randn(batch, steps, 12, generator=generator)
+    query = torch.randn(batch, 5, generator=generator)
+    mask = torch.arange(steps)[None, :] < torch.tensor(lengths)[:, None]
+    context, weights = attention(query, attention.keys(memory), memory, mask)
+    assert context.shape == (batch, 12) and weights.shape == (batch, steps)
+    assert torch.all(weights[~mask] == 0.0)  # exactly zero, not merely small
+    assert torch.all(weights[mask] >= 0)
+    assert torch.allclose(weights.sum(1), torch.ones(batch), atol=1e-6)
+    expected = torch.stack([weights[b] @ memory[b] for b in range(batch)])
+    assert torch.allclose(context, expected, atol=1e-5)
+
+
+def test_hoisted_keys_equal_the_tutorial_formula() -> None:
+    """energy = tanh(W [s; h] + b) with W = [W_q, W_k]: the tutorial computes it per step."""
+    attention = AdditiveAttention(memory_size=12, query_size=5, attention_size=7).double()
+    with torch.no_grad():
+        for parameter in attention.parameters():
+            parameter.normal_(0.0, 1.0)
+    memory = torch.randn(3, 4, 12, dtype=torch.double)  # h
+    query = torch.randn(3, 5, dtype=torch.double)  # s
+    mask = torch.tensor([[True] * 4, [True, True, True, False], [True, False, False, False]])
+    context, weights = attention(query, attention.keys(memory), memory, mask)
+
+    W = torch.cat([attention.query_projection.weight, attention.key_projection.weight], dim=1)
+    b = attention.key_projection.bias
+    v = attention.energy_weight.weight.squeeze(0)
+    s_h = torch.cat([query.unsqueeze(1).expand(-1, 4, -1), memory], dim=2)  # [B,S,D+2H]
+    energy = torch.tanh(s_h @ W.T + b)  # [B,S,A]
+    scores = (energy @ v).masked_fill(~mask, float("-inf"))
+    expected_weights = torch.softmax(scores, dim=1)
+    expected_context = torch.einsum("bs,bsh->bh", expected_weights, memory)
+    assert torch.allclose(weights, expected_weights, atol=1e-12)
+    assert torch.allclose(context, expected_context, atol=1e-12)
+
+
+@given(
+    length=st.integers(2, 7),
+    others=st.lists(st.integers(2, 12), min_size=1, max_size=4),
+    position=st.integers(0, 4),
+    seed=st.integers(0, 10_000),
+)
+def test_packed_encoder_ignores_padding(
+    length: int, others: list[int], position: int, seed: int
+) -> None:
+    """A sentence alone and inside a padded batch of longer sentences: same outputs."""
+    torch.manual_seed(seed)
+    model = tiny_model()
+    position = min(position, len(others))
+    lengths = [*others[:position], length, *others[position:]]
+    src, src_lengths = random_batch(lengths, SV)
+    alone_src = src[position : position + 1, :length]
+    with torch.no_grad():
+        outputs, state = model.encoder(src, src_lengths)
+        alone_outputs, alone_state = model.encoder(alone_src, torch.tensor([length]))
+    assert torch.allclose(outputs[position, :length], alone_outputs[0], atol=1e-6)
+    assert torch.all(outputs[position, length:] == 0)
+    assert torch.allclose(state[position], alone_state[0], atol=1e-6)
+
+
+def test_padding_changes_nothing_in_the_loss() -> None:
+    model = tiny_model()
+    src, lengths = random_batch([5, 3], SV)
+    trg = torch.tensor([[SOS, 4, 5, 6, EOS], [SOS, 7, EOS, PAD, PAD]])
+    with torch.no_grad():
+        batched = sequence_loss(model(src, lengths, trg[:, :-1]), trg)
+        first = sequence_loss(model(src[:1], lengths[:1], trg[:1, :-1]), trg[:1])
+        second = sequence_loss(model(src[1:, :3], lengths[1:], trg[1:, :2]), trg[1:, :3])
+    assert torch.allclose(batched, first + second, atol=1e-5)
+
+
+def test_training_forward_equals_step_by_step() -> None:
+    """With gold inputs, the one-matmul-after-the-loop logits equal per-step search logits."""
+    model = tiny_model()
+    src, lengths = random_batch([6, 4], SV)
+    trg_in = torch.tensor([[SOS, 4, 5, 6, 7], [SOS, 8, 9, 10, 4]])
+    with torch.no_grad():
+        logits = model(src, lengths, trg_in, teacher_forcing=1.0)
+        memory, state = model.encode(src, lengths)
+        for t in range(trg_in.size(1)):
+            log_probs, state, _ = model.decoder.step(trg_in[:, t], state, memory)
+            assert torch.allclose(torch.log_softmax(logits[:, t], -1), log_probs, atol=1e-5)
+
+
+def test_teacher_forcing_zero_feeds_the_models_own_predictions() -> None:
+    model = tiny_model()
+    src, lengths = random_batch([6, 4], SV)
+    trg_in = torch.tensor([[SOS, 4, 5, 6, 7], [SOS, 8, 9, 10, 4]])
+    with torch.no_grad():
+        logits = model(src, lengths, trg_in, teacher_forcing=0.0)
+        memory, state = model.encode(src, lengths)
+        tokens = trg_in[:, 0]
+        for t in range(trg_in.size(1)):
+            log_probs, state, _ = model.decoder.step(tokens, state, memory)
+            assert torch.allclose(torch.log_softmax(logits[:, t], -1), log_probs, atol=1e-5)
+            tokens = log_probs.argmax(1)
+
+
+@pytest.mark.parametrize("teacher_forcing", [0.0, 0.5, 1.0])
+def test_teacher_forcing_ratios_train(teacher_forcing: float) -> None:
+    model = tiny_model(scale=None).train()
+    model.decoder.dropout.p = model.encoder.dropout.p = 0.3
+    src, lengths = random_batch([6, 4, 3], SV)
+    trg = torch.randint(4, TV, (3, 6))
+    trg[:, 0] = SOS
+    logits = model(src, lengths, trg[:, :-1], teacher_forcing)
+    assert logits.shape == (3, 5, TV)
+    loss = sequence_loss(logits, trg)
+    loss.backward()
+    assert torch.isfinite(loss)
+    gradients = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in gradients)
+    assert model.encoder.embedding.weight.grad.abs().sum() > 0
+
+
+def test_tutorial_initialisation() -> None:
+    torch.manual_seed(0)
+    model = Seq2Seq(tiny_model_config(embedding=64, hidden=64), 500, 500)
+    for name, parameter in model.named_parameters():
+        if "weight" in name:
+            assert 0.008 < float(parameter.detach().std()) < 0.012, name
+        else:
+            assert torch.all(parameter == 0), name
+
+
+def test_padding_embedding_is_not_trained() -> None:
+    model = tiny_model(scale=None).train()
+    src, lengths = random_batch([5, 2], SV)
+    trg = torch.tensor([[SOS, 4, 5, EOS], [SOS, 6, EOS, PAD]])
+    sequence_loss(model(src, lengths, trg[:, :-1]), trg).backward()
+    assert torch.all(model.encoder.embedding.weight.grad[PAD] == 0)
+    assert torch.all(model.decoder.embedding.weight.grad[PAD] == 0)
+
+
+def test_a_tiny_model_learns_a_few_pairs_by_heart() -> None:
+    sources = read_lines(TOY_DATA / "train.de")[:6]
+    targets = read_lines(TOY_DATA / "train.en")[:6]
+    src_tokens = Tokenizer("de").tokenize(sources)
+    trg_tokens = Tokenizer("en").tokenize(targets)
+    src_vocab, trg_vocab = Vocabulary.build(src_tokens), Vocabulary.build(trg_tokens)
+    src_ids = [torch.tensor(src_vocab.encode(t)) for t in src_tokens]
+    trg_ids = [torch.tensor(trg_vocab.encode(t)) for t in trg_tokens]
+    batch = collate(list(range(6)), src_ids, trg_ids)
+    assert batch.trg is not None
+
+    torch.manual_seed(0)
+    config = tiny_model_config(embedding=24, hidden=32, decoder_embedding=24, decoder_hidden=32)
+    model = Seq2Seq(config, len(src_vocab), len(trg_vocab))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(400):
+        logits = model(batch.src, batch.src_lengths, batch.trg[:, :-1])
+        loss = sequence_loss(logits, batch.trg) / batch.target_tokens
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if loss.item() < 0.01:
+            break
+    assert loss.item() < 0.05
+
+    model.eval()
+    hypotheses = greedy_search(model, batch.src, batch.src_lengths, torch.full((6,), 20))
+    outputs = [trg_vocab.decode(h.tokens) for h in hypotheses]
+    assert outputs == trg_tokens
+    assert tokenized_bleu(outputs, trg_tokens) > 90

@@ -1,0 +1,116 @@
+"""Greedy search: stops at <eos>, keeps each sentence's length limit, batch-independent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import random_batch, tiny_model
+from hypothesis import given
+from hypothesis import strategies as st
+
+from seq2seq.model import Seq2Seq
+from seq2seq.search import greedy_search, max_output_lengths
+from seq2seq.vocab import EOS, SOS
+
+SV, TV = 13, 11
+CONFIDENCE = 5.0
+# log-probability of the scripted token: one-hot logits scaled by CONFIDENCE
+STEP_LOG_PROB = CONFIDENCE - math.log(math.exp(CONFIDENCE) + TV - 1)
+
+
+def script(model: Seq2Seq, monkeypatch: pytest.MonkeyPatch, rows: list[list[int]]) -> list:
+    """Make the decoder emit rows[b][t] at step t (token 4 once a row's script ends);
+    returns the list of token tensors the search fed in, one per step."""
+    fed: list[torch.Tensor] = []
+
+    def step(tokens: torch.Tensor, state: torch.Tensor, memory) -> tuple:
+        t = len(fed)
+        fed.append(tokens.clone())
+        ids = torch.tensor([row[t] if t < len(row) else 4 for row in rows])
+        log_probs = torch.log_softmax(torch.nn.functional.one_hot(ids, TV) * CONFIDENCE, dim=1)
+        scores = torch.zeros(memory.mask.shape).masked_fill(~memory.mask, float("-inf"))
+        return log_probs, state, torch.softmax(scores, dim=1)
+
+    monkeypatch.setattr(model.decoder, "step", step)
+    return fed
+
+
+def test_stops_at_eos(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model()
+    fed = script(model, monkeypatch, [[5, 6, EOS, 7, 7], [8, EOS, 9]])
+    src, lengths = random_batch([5, 3], SV)
+    first, second = greedy_search(model, src, lengths, torch.tensor([10, 10]))
+    assert first.tokens == [5, 6] and second.tokens == [8]
+    assert len(fed) == 3, "the loop ends once every sentence has emitted <eos>"
+    assert fed[0].tolist() == [SOS, SOS] and fed[1].tolist() == [5, 8]
+    assert fed[2].tolist() == [6, EOS]
+    assert first.score == pytest.approx(3 * STEP_LOG_PROB)  # <eos> counted, nothing after
+    assert second.score == pytest.approx(2 * STEP_LOG_PROB)
+    assert first.attention.shape == (3, 5) and second.attention.shape == (2, 3)
+
+
+def test_respects_each_sentences_max_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model()
+    fed = script(model, monkeypatch, [[5] * 20, [6] * 20, [7, EOS]])
+    src, lengths = random_batch([4, 6, 3], SV)
+    hypotheses = greedy_search(model, src, lengths, torch.tensor([2, 5, 9]))
+    assert [h.tokens for h in hypotheses] == [[5, 5], [6] * 5, [7]]
+    assert len(fed) == 5
+    assert [h.score for h in hypotheses] == pytest.approx(
+        [2 * STEP_LOG_PROB, 5 * STEP_LOG_PROB, 2 * STEP_LOG_PROB]
+    )
+    # Without <eos>, one attention row per emitted token.
+    assert [tuple(h.attention.shape) for h in hypotheses] == [(2, 4), (5, 6), (2, 3)]
+
+
+def test_eos_at_the_last_allowed_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model()
+    script(model, monkeypatch, [[5, EOS], [6, 6, 6]])
+    src, lengths = random_batch([4, 4], SV)
+    first, second = greedy_search(model, src, lengths, torch.tensor([2, 2]))
+    assert first.tokens == [5] and second.tokens == [6, 6]
+    assert first.attention.shape == (2, 4) and second.attention.shape == (2, 4)
+
+
+def test_max_output_lengths() -> None:
+    src_lengths = torch.tensor([2, 5, 12])  # <sos> and <eos> included
+    assert max_output_lengths(src_lengths, 2.0, 10).tolist() == [10, 16, 30]
+    assert max_output_lengths(src_lengths, 1.5, 0).tolist() == [1, 5, 15]
+
+
+@given(
+    lengths=st.lists(st.integers(2, 9), min_size=1, max_size=5),
+    limits=st.lists(st.integers(1, 12), min_size=5, max_size=5),
+    seed=st.integers(0, 10_000),
+)
+def test_batch_equals_alone_and_attention_shape(
+    lengths: list[int], limits: list[int], seed: int
+) -> None:
+    torch.manual_seed(seed)
+    model = tiny_model(src_vocab=SV, trg_vocab=TV, scale=0.8)
+    src, src_lengths = random_batch(lengths, SV)
+    max_lengths = torch.tensor(limits[: len(lengths)])
+    batched = greedy_search(model, src, src_lengths, max_lengths)
+    assert len(batched) == len(lengths)
+    for row, hypothesis in enumerate(batched):
+        length = lengths[row]
+        (alone,) = greedy_search(
+            model,
+            src[row : row + 1, :length],
+            src_lengths[row : row + 1],
+            max_lengths[row : row + 1],
+        )
+        assert hypothesis.tokens == alone.tokens
+        assert hypothesis.score == pytest.approx(alone.score, abs=1e-4)
+        assert torch.allclose(hypothesis.attention, alone.attention, atol=1e-5)
+
+        assert EOS not in hypothesis.tokens
+        assert len(hypothesis.tokens) <= limits[row]
+        # Shorter than its limit means it stopped at <eos>, which has an attention row too.
+        stopped_at_eos = len(hypothesis.tokens) < limits[row]
+        rows = len(hypothesis.tokens) + 1 if stopped_at_eos else len(hypothesis.tokens)
+        assert hypothesis.attention.shape == (rows, length)
+        assert torch.allclose(hypothesis.attention.sum(1), torch.ones(rows), atol=1e-5)
+        assert hypothesis.score <= 0

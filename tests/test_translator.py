@@ -1,0 +1,118 @@
+"""The Python API on the toy run: Translator and evaluate."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TOY_DATA
+
+from seq2seq.corpus import read_lines
+from seq2seq.errors import UserError
+from seq2seq.evaluation import corpus_loss, evaluate
+from seq2seq.translator import Translator, resolve_device
+
+SOURCES = read_lines(TOY_DATA / "test.de")
+REFERENCES = read_lines(TOY_DATA / "test.en")
+
+
+def decoding(
+    translator: Translator, monkeypatch: pytest.MonkeyPatch, **settings: int | float
+) -> Translator:
+    """The session's translator with other decode settings, for this test only."""
+    monkeypatch.setattr(translator, "decode", translator.decode.model_copy(update=settings))
+    return translator
+
+
+def test_one_translation_per_line_in_order(
+    toy_translator: Translator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [SOURCES[0], "", SOURCES[1], "   ", SOURCES[2], SOURCES[0]]
+    results = decoding(toy_translator, monkeypatch, batch_size=2).translate(lines)
+    assert len(results) == len(lines)
+    assert results[1].text == "" and results[3].text == ""
+    assert results[1].tokens == [] and results[1].source_tokens == []
+    alone = [toy_translator.translate([line])[0].text for line in SOURCES[:3]]
+    assert [results[0].text, results[2].text, results[4].text] == alone
+    assert results[5].text == results[0].text
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_batch_size_does_not_change_translations(
+    toy_translator: Translator, monkeypatch: pytest.MonkeyPatch, beam_size: int
+) -> None:
+    sources = SOURCES[:20]
+    results = {}
+    for batch_size in (1, 7):
+        decoding(toy_translator, monkeypatch, batch_size=batch_size, beam_size=beam_size)
+        results[batch_size] = toy_translator.translate(sources)
+    assert [r.text for r in results[1]] == [r.text for r in results[7]]
+    assert [r.score for r in results[1]] == pytest.approx([r.score for r in results[7]], abs=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_translation_fields(
+    toy_translator: Translator, monkeypatch: pytest.MonkeyPatch, beam_size: int
+) -> None:
+    (result,) = decoding(toy_translator, monkeypatch, beam_size=beam_size).translate(SOURCES[:1])
+    assert result.source_tokens == toy_translator.src_tokenizer.tokenize([SOURCES[0]])[0]
+    assert result.text == toy_translator.trg_tokenizer.detokenize(result.tokens)
+    assert result.score <= 0
+    rows = len(result.tokens) + 1  # <eos> too, unless stopped by the length limit
+    assert result.attention.shape[0] in (rows, rows - 1)
+    assert result.attention.shape[1] == len(result.source_tokens) + 2  # <sos> ... <eos>
+
+
+def test_the_toy_model_learned_something(toy_translator: Translator) -> None:
+    evaluation = evaluate(toy_translator, SOURCES, REFERENCES)
+    assert evaluation.perplexity < 5
+    assert evaluation.scores.bleu > 10
+    assert len(evaluation.translations) == len(SOURCES)
+    assert evaluation.perplexity == pytest.approx(math.exp(evaluation.loss))
+    result = evaluation.as_dict()
+    for key in ("loss", "perplexity", "bleu", "chrf", "tokenized_bleu", "bleu_signature"):
+        assert key in result
+
+
+def test_corpus_loss_ignores_batching(
+    toy_translator: Translator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = corpus_loss(decoding(toy_translator, monkeypatch, batch_size=64), SOURCES, REFERENCES)
+    small = corpus_loss(decoding(toy_translator, monkeypatch, batch_size=3), SOURCES, REFERENCES)
+    assert whole == pytest.approx(small, rel=1e-5)
+
+
+def test_translator_keeps_the_models_mode(toy_translator: Translator) -> None:
+    toy_translator.model.train()
+    try:
+        toy_translator.translate([SOURCES[0]])
+        assert toy_translator.model.training
+    finally:
+        toy_translator.model.eval()
+
+
+def test_from_checkpoint_refuses_foreign_files(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.ones(2)}, path)
+    with pytest.raises(UserError, match="not a seq2seq checkpoint"):
+        Translator.from_checkpoint(path, "cpu")
+
+
+def test_from_checkpoint_reports_damaged_contents(tmp_path: Path, toy_checkpoint: Path) -> None:
+    payload = torch.load(toy_checkpoint, weights_only=True)
+    del payload["vocab"]
+    path = tmp_path / "damaged.pt"
+    torch.save(payload, path)
+    with pytest.raises(UserError, match="damaged seq2seq checkpoint") as caught:
+        Translator.from_checkpoint(path, "cpu")
+    assert str(path) in str(caught.value)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert isinstance(resolve_device("auto"), torch.device)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="cuda"):
+            resolve_device("cuda")
