@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,12 @@ def translate(
                     draw(best, plot_attention / f"{index + 1:06d}.png")
                 index += 1
             sink.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): stop quietly, with stdout pointed at
+        # /dev/null so that Python's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as error:  # e.g. the disk is full
+        raise UserError(f"{output or '<stdout>'}: cannot write: {error.strerror}") from None
     finally:
         if output:
             sink.close()
@@ -274,9 +281,20 @@ def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 
 @app.command()
 def evaluate(
-    model: ModelOption,
-    src: Annotated[Path, typer.Option("--src", help="Source sentences, one per line.")],
-    ref: Annotated[Path, typer.Option("--ref", help="Reference translations, line-aligned.")],
+    ref: Annotated[Path, typer.Option("--ref", help="Reference translations, one per line.")],
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Checkpoint (.pt) to translate --src with.")
+    ] = None,
+    src: Annotated[
+        Path | None, typer.Option("--src", help="Source sentences, line-aligned with --ref.")
+    ] = None,
+    hyp: Annotated[
+        Path | None,
+        typer.Option("--hyp", help="Score these translations instead of translating --src."),
+    ] = None,
+    lang: Annotated[
+        str, typer.Option(help="Target language for tokenized BLEU of --hyp without --model.")
+    ] = "en",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the translations here.")
     ] = None,
@@ -287,28 +305,48 @@ def evaluate(
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Translate --src and score it against --ref: sacreBLEU, chrF, tokenized BLEU, perplexity."""
+    """Score translations against --ref: sacreBLEU BLEU and chrF (with signatures), tokenized
+    BLEU, and perplexity. Translates --src with --model, or scores the lines of --hyp."""
     from seq2seq.corpus import read_parallel
-    from seq2seq.evaluation import evaluate as run_evaluation
 
-    sources, references = read_parallel(src, ref)
-    translator = _translator(model, device, beam, alpha, replace_unk, batch_size)
-    result = run_evaluation(translator, sources, references)
-    if output:
-        with _open_output(output) as sink:
-            sink.writelines(t.text + "\n" for t in result.translations)
-    decode = translator.decode
+    if hyp is None and (model is None or src is None):
+        raise UserError("evaluate needs --model and --src (to translate), or --hyp (to score)")
+    translator = None
+    if model is not None:
+        translator = _translator(model, device, beam, alpha, replace_unk, batch_size)
+    lines, references = read_parallel(hyp or src, ref)
+    if not references:
+        raise UserError(f"{ref}: no lines, nothing to score")
+    record: dict[str, object] = {"sentences": len(references)}
+    if hyp is not None:
+        from seq2seq.metrics import score_corpus
+        from seq2seq.tokenizer import Tokenizer
+
+        tokenizer = translator.trg_tokenizer if translator else Tokenizer(lang)
+        scores = score_corpus(lines, references, tokenizer)
+        record.update(scores.as_dict())
+    else:
+        from seq2seq.evaluation import evaluate as run_evaluation
+
+        result = run_evaluation(translator, lines, references)
+        scores = result.scores
+        decode = translator.decode
+        record.update({"beam": decode.beam_size, "alpha": decode.alpha, **result.as_dict()})
+        if output:
+            with _open_output(output) as sink:
+                sink.writelines(t.text + "\n" for t in result.translations)
     if as_json:
-        record = {"sentences": len(sources), "beam": decode.beam_size, "alpha": decode.alpha}
-        typer.echo(json.dumps({**record, **result.as_dict()}))
+        typer.echo(json.dumps(record))
         return
-    found = result.scores
-    search = "greedy" if decode.beam_size == 1 else f"beam {decode.beam_size}, alpha {decode.alpha}"
-    typer.echo(f"{len(sources)} sentences, {search}")
-    typer.echo(f"BLEU = {found.bleu:.2f}  ({found.bleu_signature})")
-    typer.echo(f"chrF = {found.chrf:.2f}  ({found.chrf_signature})")
-    typer.echo(f"tokenized BLEU = {found.tokenized_bleu:.2f}  (BLEU-4 over the model's tokens)")
-    typer.echo(f"perplexity = {result.perplexity:.2f}  (loss {result.loss:.4f})")
+    if "beam" in record:
+        beam_size = record["beam"]
+        search = "greedy" if beam_size == 1 else f"beam {beam_size}, alpha {record['alpha']}"
+        typer.echo(f"{len(references)} sentences translated, {search}")
+    typer.echo(f"BLEU = {scores.bleu:.2f}  ({scores.bleu_signature})")
+    typer.echo(f"chrF = {scores.chrf:.2f}  ({scores.chrf_signature})")
+    typer.echo(f"tokenized BLEU = {scores.tokenized_bleu:.2f}  (BLEU-4 over spaCy tokens)")
+    if "perplexity" in record:
+        typer.echo(f"perplexity = {record['perplexity']:.2f}  (loss {record['loss']:.4f})")
 
 
 def main() -> None:
@@ -322,11 +360,6 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:
-        # The reader went away (`| head -1`): stop quietly, and keep Python's exit-time
-        # flush of stdout from raising again.
-        sys.stdout = open("/dev/null", "w")  # noqa: SIM115
-        sys.exit(0)
     except Exception as error:  # a bug: short message, traceback with --debug
         if _debug:
             raise

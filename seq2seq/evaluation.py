@@ -28,10 +28,7 @@ def evaluate(translator: Translator, sources: list[str], references: list[str]) 
     """Translate `sources` and score them against the raw `references` lines."""
     loss = corpus_loss(translator, sources, references)
     translations = translator.translate(sources)
-    reference_tokens = translator.trg_tokenizer.tokenize(references)
-    hypotheses = [t.text for t in translations]
-    hypothesis_tokens = [t.tokens for t in translations]
-    scores = score_corpus(hypotheses, references, hypothesis_tokens, reference_tokens)
+    scores = score_corpus([t.text for t in translations], references, translator.trg_tokenizer)
     return Evaluation(loss, perplexity(loss), scores, translations)
 
 

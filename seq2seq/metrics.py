@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 
 from sacrebleu.metrics import BLEU, CHRF
 
+from seq2seq.tokenizer import Tokenizer
+
 
 @dataclass
 class Scores:
@@ -21,24 +23,26 @@ class Scores:
         return asdict(self)
 
 
-def score_corpus(
-    hypotheses: list[str],
-    references: list[str],
-    hypothesis_tokens: list[list[str]],
-    reference_tokens: list[list[str]],
-) -> Scores:
+def score_corpus(hypotheses: list[str], references: list[str], tokenizer: Tokenizer) -> Scores:
+    """Score detokenized hypotheses against raw reference lines.
+
+    Tokenized BLEU re-tokenizes both sides with the model's target tokenizer (lowercased
+    when the model lowercases), so it is the same measure for any hypothesis text:
+    a word model's output, a subword model's, or a file of translations."""
     bleu, chrf = BLEU(), CHRF()
     return Scores(
         bleu=bleu.corpus_score(hypotheses, [references]).score,
         chrf=chrf.corpus_score(hypotheses, [references]).score,
-        tokenized_bleu=tokenized_bleu(hypothesis_tokens, reference_tokens),
+        tokenized_bleu=tokenized_bleu(
+            tokenizer.tokenize(hypotheses), tokenizer.tokenize(references)
+        ),
         bleu_signature=str(bleu.get_signature()),
         chrf_signature=str(chrf.get_signature()),
     )
 
 
 def tokenized_bleu(hypotheses: list[list[str]], references: list[list[str]]) -> float:
-    """Corpus BLEU-4 over given tokens (no re-tokenization), as the tutorial computes it."""
+    """Corpus BLEU-4 over given tokens (no further tokenization), as the tutorial computes it."""
     bleu = BLEU(tokenize="none", force=True)
     return bleu.corpus_score(
         [" ".join(tokens) for tokens in hypotheses], [[" ".join(tokens) for tokens in references]]

@@ -29,12 +29,12 @@ from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import Config, load_config, save_config
 from seq2seq.corpus import read_parallel, split_path
 from seq2seq.data import collate, make_batches
-from seq2seq.errors import UserError
+from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.evaluation import Evaluation, evaluate
 from seq2seq.loss import sequence_loss
 from seq2seq.model import Seq2Seq
-from seq2seq.plots import plot_run
-from seq2seq.runlog import MetricsLog, environment
+from seq2seq.plots import CURVES_FILE, plot_run
+from seq2seq.runlog import METRICS_FILE, MetricsLog, environment
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.translator import Translator, make_tokenizers, resolve_device
 from seq2seq.vocab import Vocabulary
@@ -168,7 +168,7 @@ class Trainer:
                 "--overwrite to replace it, or choose another --run-dir"
             )
         if run_dir.exists():
-            for name in (LAST, BEST, CONFIG_FILE, "metrics.jsonl", "curves.png"):
+            for name in (LAST, BEST, CONFIG_FILE, METRICS_FILE, CURVES_FILE):
                 (run_dir / name).unlink(missing_ok=True)
             for old in run_dir.glob("ckpt-step*.pt"):
                 old.unlink()
@@ -177,6 +177,8 @@ class Trainer:
 
     def _load_data(self) -> None:
         config = self.config
+        if not Path(config.data.dir).is_dir():
+            raise UserError(f"data.dir: folder '{config.data.dir}' does not exist")
         train_split = load_split(config, config.data.train, self.src_tokenizer, self.trg_tokenizer)
         self.valid = load_split(config, config.data.valid, self.src_tokenizer, self.trg_tokenizer)
         limit = config.data.max_length
@@ -256,7 +258,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + progress.epoch)
         batches = make_batches(self.lengths, config.batch_size, config.batch_unit, generator)
         self.model.train()
-        window_start, window_tokens, window_loss = time.perf_counter(), 0, 0.0
+        window_seconds, window_tokens, window_loss = 0.0, 0, 0.0  # since the last train record
         bar = tqdm(
             total=len(batches),
             initial=progress.batches_done,
@@ -269,8 +271,15 @@ class Trainer:
         while progress.batches_done < len(batches):
             group = batches[progress.batches_done : progress.batches_done + config.accumulate_steps]
             started = time.perf_counter()
-            loss, tokens = self._step(group)
-            progress.elapsed += time.perf_counter() - started
+            try:
+                loss, tokens = self._step(group)
+            except (RuntimeError, MemoryError) as error:
+                if not is_out_of_memory(error):
+                    raise
+                self._out_of_memory(group)
+            seconds = time.perf_counter() - started
+            progress.elapsed += seconds
+            window_seconds += seconds
             progress.batches_done += len(group)
             progress.step += 1
             progress.epoch_loss += loss
@@ -281,9 +290,8 @@ class Trainer:
             mean = progress.epoch_loss / progress.epoch_tokens
             bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}", refresh=False)
             if progress.step % config.log_every == 0:
-                seconds = time.perf_counter() - window_start
-                self._log_train(window_loss / window_tokens, window_tokens / seconds)
-                window_start, window_tokens, window_loss = time.perf_counter(), 0, 0.0
+                self._log_train(window_loss / window_tokens, window_tokens / window_seconds)
+                window_seconds, window_tokens, window_loss = 0.0, 0, 0.0
             epoch_done = progress.batches_done >= len(batches)
             last_step = bool(config.max_steps and progress.step >= config.max_steps) or (
                 epoch_done and progress.epoch == config.epochs
@@ -304,6 +312,17 @@ class Trainer:
         self._save_last()
         if self._signal is not None:
             raise Interrupted(self._signal, self.run_dir)
+
+    def _out_of_memory(self, group: list[list[int]]) -> None:
+        """Save what was trained before the batch that did not fit, then explain."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._save_last()
+        size = self.config.train.batch_size
+        raise UserError(
+            f"out of memory on a batch of {sum(map(len, group))} sentences; lower "
+            f"train.batch_size (now {size}), e.g. resume with --resume --set "
+            f"train.batch_size={max(1, size // 2)} (saved {self.run_dir / LAST})"
+        )
 
     def _step(self, group: list[list[int]]) -> tuple[float, int]:
         """One optimizer step over `group` batches; returns (summed loss, target tokens)."""

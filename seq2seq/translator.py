@@ -18,8 +18,8 @@ from torch import Tensor
 
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import Config, DecodeConfig, config_from_dict
-from seq2seq.data import collate, make_batches
-from seq2seq.errors import UserError
+from seq2seq.data import Batch, collate, make_batches
+from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search, max_output_lengths
 from seq2seq.tokenizer import Tokenizer
@@ -123,20 +123,15 @@ class Translator:
             limits = max_output_lengths(
                 batch.src_lengths, decode.max_length_ratio, decode.max_length_offset
             )
-            if decode.beam_size == 1:
-                found = [
-                    [h] for h in greedy_search(self.model, batch.src, batch.src_lengths, limits)
-                ]
-            else:
-                found = beam_search(
-                    self.model,
-                    batch.src,
-                    batch.src_lengths,
-                    limits,
-                    decode.beam_size,
-                    decode.alpha,
-                    nbest,
-                )
+            try:
+                found = self._search(batch, limits, nbest)
+            except (RuntimeError, MemoryError) as error:
+                if not is_out_of_memory(error):
+                    raise
+                raise UserError(
+                    f"out of memory translating {len(positions)} sentences at once; "
+                    f"lower the batch size (now {decode.batch_size}, --batch-size)"
+                ) from None
             for position, hypotheses in zip(positions, found, strict=True):
                 line = nonempty[position]
                 results[line] = [
@@ -144,6 +139,21 @@ class Translator:
                 ]
         self.model.train(was_training)
         return results
+
+    def _search(self, batch: Batch, limits: Tensor, nbest: int) -> list[list[Hypothesis]]:
+        """Greedy for beam size 1, else beam search: the `nbest` best per sentence."""
+        decode = self.decode
+        if decode.beam_size == 1:
+            return [[h] for h in greedy_search(self.model, batch.src, batch.src_lengths, limits)]
+        return beam_search(
+            self.model,
+            batch.src,
+            batch.src_lengths,
+            limits,
+            decode.beam_size,
+            decode.alpha,
+            nbest,
+        )
 
     def _finish(self, hypothesis: Hypothesis, source: list[str], truncated: bool) -> Translation:
         """Ids -> tokens -> text, replacing <unk> from the source if asked to."""

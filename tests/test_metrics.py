@@ -8,6 +8,7 @@ import pytest
 import sacrebleu
 
 from seq2seq.metrics import perplexity, score_corpus, tokenized_bleu
+from seq2seq.tokenizer import Tokenizer
 
 REFERENCES = ["A man rides a bike.", "Two dogs play in the snow.", "A woman sleeps on the grass."]
 TOKENS = [
@@ -15,10 +16,11 @@ TOKENS = [
     ["Two", "dogs", "play", "in", "the", "snow", "."],
     ["A", "woman", "sleeps", "on", "the", "grass", "."],
 ]
+ENGLISH = Tokenizer("en")
 
 
 def test_identical_text_scores_100_with_signatures() -> None:
-    scores = score_corpus(REFERENCES, REFERENCES, TOKENS, TOKENS)
+    scores = score_corpus(REFERENCES, REFERENCES, ENGLISH)
     assert scores.bleu == pytest.approx(100.0)
     assert scores.chrf == pytest.approx(100.0)
     assert scores.tokenized_bleu == pytest.approx(100.0)
@@ -26,13 +28,17 @@ def test_identical_text_scores_100_with_signatures() -> None:
     assert f"version:{sacrebleu.__version__}" in scores.bleu_signature
     assert scores.chrf_signature.startswith("nrefs:1|case:mixed|")
     assert set(scores.as_dict()) == {
-        "bleu", "chrf", "tokenized_bleu", "bleu_signature", "chrf_signature"
+        "bleu",
+        "chrf",
+        "tokenized_bleu",
+        "bleu_signature",
+        "chrf_signature",
     }
 
 
 def test_bleu_is_standard_sacrebleu() -> None:
     hypotheses = ["A man rides a horse.", "Two dogs play in snow.", "A woman sleeps."]
-    scores = score_corpus(hypotheses, REFERENCES, TOKENS, TOKENS)
+    scores = score_corpus(hypotheses, REFERENCES, ENGLISH)
     assert scores.bleu == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [REFERENCES]).score)
     assert scores.chrf == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [REFERENCES]).score)
     assert 0 < scores.bleu < 100
@@ -40,7 +46,19 @@ def test_bleu_is_standard_sacrebleu() -> None:
 
 def test_bleu_is_case_sensitive() -> None:
     lowered = [r.lower() for r in REFERENCES]
-    assert score_corpus(lowered, REFERENCES, TOKENS, TOKENS).bleu < 100
+    assert score_corpus(lowered, REFERENCES, ENGLISH).bleu < 100
+
+
+def test_tokenized_bleu_retokenizes_with_the_model_tokenizer() -> None:
+    assert ENGLISH.tokenize(REFERENCES) == TOKENS
+    hypotheses = [
+        "a man rides a bike.",
+        "Two dogs play in the snow.",
+        "A woman sleeps on the grass.",
+    ]
+    assert score_corpus(hypotheses, REFERENCES, ENGLISH).tokenized_bleu < 100
+    lowercasing = Tokenizer("en", lowercase=True)
+    assert score_corpus(hypotheses, REFERENCES, lowercasing).tokenized_bleu == pytest.approx(100.0)
 
 
 def test_tokenized_bleu_uses_the_given_tokens() -> None:
@@ -61,7 +79,7 @@ def test_tokenized_bleu_known_value() -> None:
 
 
 def test_empty_hypotheses_score_zero() -> None:
-    scores = score_corpus(["", "", ""], REFERENCES, [[], [], []], TOKENS)
+    scores = score_corpus(["", "", ""], REFERENCES, ENGLISH)
     assert scores.bleu == 0 and scores.tokenized_bleu == 0
 
 
