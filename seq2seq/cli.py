@@ -347,6 +347,10 @@ def evaluate(
     typer.echo(f"tokenized BLEU = {scores.tokenized_bleu:.2f}  (BLEU-4 over spaCy tokens)")
     if "perplexity" in record:
         typer.echo(f"perplexity = {record['perplexity']:.2f}  (loss {record['loss']:.4f})")
+        typer.echo(
+            f"free-running perplexity = {record['free_running_perplexity']:.2f}  "
+            "(own greedy predictions fed back, as the tutorial reports it)"
+        )
 
 
 def main() -> None:

@@ -88,8 +88,9 @@ class TrainConfig(Section):
     """Batches whose gradients are summed before each optimizer step."""
     max_steps: int | None = Field(None, gt=0)
     """Stop after this many optimizer steps even if epochs remain."""
-    best_metric: Literal["bleu", "chrf", "loss"] = "bleu"
-    """Validation metric that picks best.pt, drives early stopping and the plateau schedule."""
+    best_metric: Literal["bleu", "chrf", "loss", "free_running_loss"] = "bleu"
+    """Validation metric that picks best.pt, drives early stopping and the plateau schedule.
+    `free_running_loss` feeds the model its own predictions, as the tutorial validates."""
     validate_every: int | None = Field(None, gt=0)
     """Validate every N optimizer steps; None validates at the end of each epoch."""
     patience: int | None = Field(None, gt=0)

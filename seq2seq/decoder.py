@@ -87,8 +87,14 @@ class Decoder(nn.Module):
         """
         steps = trg_in.size(1)
         gold = self.embed(trg_in)  # [B,T,E], all steps at once
-        # [T] coin flips; none are drawn at ratio 1, so evaluation never touches the RNG.
-        forced = None if teacher_forcing >= 1.0 else torch.rand(steps) < teacher_forcing
+        # [T] coin flips, drawn only for a ratio strictly between 0 and 1: evaluation
+        # (ratio 1 or 0) never touches the RNG.
+        if teacher_forcing >= 1.0:
+            forced = torch.ones(steps, dtype=torch.bool)
+        elif teacher_forcing <= 0.0:
+            forced = torch.zeros(steps, dtype=torch.bool)
+        else:
+            forced = torch.rand(steps) < teacher_forcing
         states, contexts, inputs = [], [], []
         embedded = gold[:, 0]
         for t in range(steps):
@@ -98,7 +104,7 @@ class Decoder(nn.Module):
             inputs.append(embedded)
             if t + 1 == steps:
                 break
-            if forced is None or forced[t + 1]:
+            if forced[t + 1]:
                 embedded = gold[:, t + 1]
             else:
                 with torch.no_grad():  # the prediction only picks the next input

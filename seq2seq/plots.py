@@ -29,7 +29,9 @@ def plot_run(run_dir: str | Path) -> Path:
     loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
     loss_axis.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="validation")
     loss_axis.set(title="cross-entropy per token", xlabel="step", ylabel="loss")
-    ppl_axis.plot([r["step"] for r in valid], [r["perplexity"] for r in valid], "o-", color="C1")
+    for key, label in (("perplexity", "gold inputs"), ("free_running_perplexity", "free-running")):
+        points = [(r["step"], r[key]) for r in valid if key in r]
+        ppl_axis.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
     ppl_axis.set(title="validation perplexity", xlabel="step", ylabel="perplexity", yscale="log")
     for key, label in (
         ("bleu", "sacreBLEU"),
@@ -38,7 +40,7 @@ def plot_run(run_dir: str | Path) -> Path:
     ):
         bleu_axis.plot([r["step"] for r in valid], [r[key] for r in valid], "o-", label=label)
     bleu_axis.set(title="validation scores (greedy)", xlabel="step", ylabel="score")
-    for axis in (loss_axis, bleu_axis):
+    for axis in (loss_axis, ppl_axis, bleu_axis):
         axis.legend()
     for axis in (loss_axis, ppl_axis, bleu_axis):
         axis.grid(alpha=0.3)

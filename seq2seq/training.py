@@ -368,7 +368,8 @@ class Trainer:
         evaluation = evaluate(self.translator, self.valid.src_lines, self.valid.trg_lines)
         self.model.train()
         metric = evaluation.as_dict()[config.best_metric]
-        signed = -float(metric) if config.best_metric == "loss" else float(metric)
+        lower_is_better = config.best_metric.endswith("loss")
+        signed = -float(metric) if lower_is_better else float(metric)
         improved = progress.best is None or signed > progress.best
         if improved:
             progress.best, progress.bad_validations = signed, 0
@@ -389,7 +390,8 @@ class Trainer:
         scores = evaluation.scores
         log(
             f"validation at step {progress.step} (epoch {progress.epoch}): loss "
-            f"{evaluation.loss:.3f} ppl {evaluation.perplexity:.2f} BLEU {scores.bleu:.2f} chrF "
+            f"{evaluation.loss:.3f} ppl {evaluation.perplexity:.2f} (free-running "
+            f"{evaluation.free_running_perplexity:.2f}) BLEU {scores.bleu:.2f} chrF "
             f"{scores.chrf:.2f} tokenized BLEU {scores.tokenized_bleu:.2f}"
             + (" (new best)" if improved else f" (no improvement for {progress.bad_validations})")
         )

@@ -38,7 +38,10 @@ def test_help_lists_the_commands() -> None:
 def test_train_writes_the_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     code, out, err = run_cli(
-        "train", "--config", TOY_CONFIG, *sets(*toy_overrides(run_dir, "train.epochs=1")),
+        "train",
+        "--config",
+        TOY_CONFIG,
+        *sets(*toy_overrides(run_dir, "train.epochs=1")),
         cwd=tmp_path,  # paths in the config must not depend on the working folder
     )
     assert code == 0, err
@@ -79,9 +82,7 @@ def test_translate_stdin_one_line_out_per_line_in(toy_checkpoint: Path, toy_tran
     assert outputs == expected_lines(toy_translator, TRICKY_LINES)
 
 
-def test_translate_file_to_file(
-    tmp_path: Path, toy_checkpoint: Path, toy_translator, cli
-) -> None:
+def test_translate_file_to_file(tmp_path: Path, toy_checkpoint: Path, toy_translator, cli) -> None:
     source = tmp_path / "in.de"
     # CRLF endings and no newline after the last line: still one output line per line.
     source.write_bytes("\r\n".join(TRICKY_LINES).encode("utf-8"))
@@ -100,13 +101,18 @@ def test_translate_empty_input(toy_checkpoint: Path, cli) -> None:
     assert cli("translate", "--model", toy_checkpoint, input=b"")[:2] == (0, "")
 
 
-def test_evaluate_prints_scores_with_signature(
-    toy_checkpoint: Path, tmp_path: Path, cli
-) -> None:
+def test_evaluate_prints_scores_with_signature(toy_checkpoint: Path, tmp_path: Path, cli) -> None:
     output = tmp_path / "hyp.en"
     code, out, err = cli(
-        "evaluate", "--model", toy_checkpoint, "--src", TOY_DATA / "test.de",
-        "--ref", TOY_DATA / "test.en", "--output", output,
+        "evaluate",
+        "--model",
+        toy_checkpoint,
+        "--src",
+        TOY_DATA / "test.de",
+        "--ref",
+        TOY_DATA / "test.en",
+        "--output",
+        output,
     )
     assert code == 0, err
     lines = out.splitlines()
@@ -119,8 +125,14 @@ def test_evaluate_prints_scores_with_signature(
 
 def test_evaluate_json(toy_checkpoint: Path, toy_translator) -> None:
     code, out, err = run_cli(
-        "evaluate", "--model", toy_checkpoint, "--src", TOY_DATA / "test.de",
-        "--ref", TOY_DATA / "test.en", "--json",
+        "evaluate",
+        "--model",
+        toy_checkpoint,
+        "--src",
+        TOY_DATA / "test.de",
+        "--ref",
+        TOY_DATA / "test.en",
+        "--json",
     )
     assert code == 0, err
     assert out.count("\n") == 1, "one JSON object on one line"
@@ -160,24 +172,36 @@ def mismatched_training_data(tmp: Path, checkpoint: Path) -> tuple[list, str | N
     data = copy_toy_data(tmp / "data")
     valid = data / "val.en"
     valid.write_text("".join(line + "\n" for line in read_lines(valid)[:-1]), encoding="utf-8")
-    args = ["train", "--config", TOY_CONFIG, *sets(f"train.run_dir={tmp / 'run'}",
-                                                   f"data.dir={data}")]
+    args = [
+        "train",
+        "--config",
+        TOY_CONFIG,
+        *sets(f"train.run_dir={tmp / 'run'}", f"data.dir={data}"),
+    ]
     return args, None, [f"{data / 'val.de'} has 56 lines", f"{valid} has 55"]
 
 
 def missing_data_file(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
     data = copy_toy_data(tmp / "data")
     (data / "train.en").unlink()
-    args = ["train", "--config", TOY_CONFIG, *sets(f"train.run_dir={tmp / 'run'}",
-                                                   f"data.dir={data}")]
+    args = [
+        "train",
+        "--config",
+        TOY_CONFIG,
+        *sets(f"train.run_dir={tmp / 'run'}", f"data.dir={data}"),
+    ]
     return args, None, [str(data / "train.en"), "not found"]
 
 
 def invalid_utf8_in_data(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
     data = copy_toy_data(tmp / "data")
     corrupt_line(data / "train.en", 7)
-    args = ["train", "--config", TOY_CONFIG, *sets(f"train.run_dir={tmp / 'run'}",
-                                                   f"data.dir={data}")]
+    args = [
+        "train",
+        "--config",
+        TOY_CONFIG,
+        *sets(f"train.run_dir={tmp / 'run'}", f"data.dir={data}"),
+    ]
     return args, None, [f"{data / 'train.en'}:7", "invalid UTF-8"]
 
 

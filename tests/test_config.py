@@ -64,8 +64,12 @@ def test_saved_config_loads_back_equal(tmp_path: Path) -> None:
     [
         ("seed: 1\ntrain:\n  epoch: 3\n", 3, "train.epoch", "train.epochs"),
         ("seed: 1\ntrian:\n  epochs: 3\n", 2, "trian", "train"),
-        ("model:\n  encoder:\n    hiden_size: 3\n", 3, "model.encoder.hiden_size",
-         "model.encoder.hidden_size"),
+        (
+            "model:\n  encoder:\n    hiden_size: 3\n",
+            3,
+            "model.encoder.hiden_size",
+            "model.encoder.hidden_size",
+        ),
         ("vocab:\n  min_frequency: 3\n", 2, "vocab.min_frequency", "vocab.min_freq"),
     ],
 )

@@ -121,7 +121,11 @@ def test_specials_in_the_data_are_not_added_twice() -> None:
 def test_encode_wraps_and_maps_unknown_to_unk() -> None:
     vocab = Vocabulary.build([["ein", "hund"]])
     assert vocab.encode(["ein", "katze", "hund"]) == [
-        SOS, vocab.stoi["ein"], UNK, vocab.stoi["hund"], EOS
+        SOS,
+        vocab.stoi["ein"],
+        UNK,
+        vocab.stoi["hund"],
+        EOS,
     ]
     assert vocab.encode([]) == [SOS, EOS]
 
