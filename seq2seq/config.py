@@ -110,8 +110,14 @@ class TrainConfig(Section):
     log_every: int = Field(50, gt=0)
     """Append a training record to metrics.jsonl every N optimizer steps."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Mixed precision for training: bf16 (autocast) or fp16 (autocast + gradient scaler,
+    CUDA only)."""
     threads: int | None = Field(None, gt=0)
-    """CPU threads for torch; None keeps torch's default (one per physical core)."""
+    """CPU threads for torch; None keeps torch's default (one per physical core), divided
+    among the processes of a machine under torchrun."""
+    distributed_timeout: float = Field(30.0, gt=0.0)
+    """Minutes a rank waits for the others (torchrun) before the run fails instead of hanging."""
 
 
 class DecodeConfig(Section):

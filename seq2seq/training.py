@@ -14,17 +14,21 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from seq2seq import distributed
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import Config, load_config, save_config
 from seq2seq.corpus import read_parallel, split_path
@@ -119,19 +123,33 @@ class Trainer:
     def __init__(self, config: Config, overwrite: bool, resume: bool):
         self.config = config
         self.run_dir = Path(config.train.run_dir)
+        device = resolve_device(config.train.device)
+        self.context = context = distributed.start(device.type, config.train.distributed_timeout)
+        if device.type == "cuda" and context.distributed:
+            device = torch.device("cuda", context.local_rank)
+        self.device = device
+        if config.train.precision == "fp16" and device.type != "cuda":
+            raise UserError(f"train.precision: fp16 needs a CUDA device, not {device.type}")
         checkpoint = self._prepare_run_dir(overwrite, resume)
 
-        random.seed(config.seed)
-        torch.manual_seed(config.seed)
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
-        self.device = resolve_device(config.train.device)
+        # Rank 0 draws what a single process draws; DDP copies its initial weights to all.
+        random.seed(config.seed + context.rank)
+        torch.manual_seed(config.seed + context.rank)
+        threads = config.train.threads
+        if threads is None and context.local_world_size > 1 and device.type == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // context.local_world_size)
+        if threads:
+            torch.set_num_threads(threads)
 
         self.src_tokenizer, self.trg_tokenizer = make_tokenizers(config)
         self._load_data()
-        self.model = Seq2Seq(config.model, len(self.src_vocab), len(self.trg_vocab)).to(self.device)
+        self.model = Seq2Seq(config.model, len(self.src_vocab), len(self.trg_vocab)).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.learning_rate)
         self.scheduler = make_scheduler(self.optimizer, config)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            config.train.precision
+        ]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
         self.translator = Translator(
             self.model,
             self.src_vocab,
@@ -139,41 +157,59 @@ class Trainer:
             self.src_tokenizer,
             self.trg_tokenizer,
             config.decode.model_copy(update={"beam_size": 1}),  # validation is greedy
-            self.device,
+            device,
         )
         self.progress = Progress()
-        self.metrics = MetricsLog(self.run_dir)
+        self.metrics = MetricsLog(self.run_dir) if context.is_main else None
         if checkpoint is not None:
             self._restore(checkpoint)
-        else:
+        elif context.is_main:
             save_config(config, self.run_dir / CONFIG_FILE)
-            self.metrics.append({"kind": "start", "config": config.model_dump(), **environment()})
+            self._record({"kind": "start", "config": config.model_dump(), **environment()})
+        # What trains: the model itself, or its DDP wrapper that averages gradients.
+        self.trainable: torch.nn.Module = self.model
+        if context.distributed:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.trainable = DistributedDataParallel(self.model, device_ids=device_ids)
         self._signal: int | None = None
+
+    def _log(self, message: str) -> None:
+        if self.context.is_main:
+            log(message)
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.append(record)
 
     # -- setup ---------------------------------------------------------------------------
 
     def _prepare_run_dir(self, overwrite: bool, resume: bool) -> dict[str, Any] | None:
-        """Refuse to clobber a run; returns last.pt's payload when resuming."""
+        """Refuse to clobber a run; returns last.pt's payload when resuming. Every rank
+        decides from what is on disk; then rank 0 alone changes the folder."""
         run_dir = self.run_dir
-        for stale in run_dir.glob(".*.tmp*"):  # left by a kill during a save
-            stale.unlink()
         holds_run = (run_dir / CONFIG_FILE).exists() or (run_dir / LAST).exists()
-        if resume:
-            if (run_dir / LAST).exists():
-                return load_checkpoint(run_dir / LAST)
-            log(f"{run_dir}: no {LAST} yet, starting from the beginning")
+        payload = None
+        if resume and (run_dir / LAST).exists():
+            payload = load_checkpoint(run_dir / LAST)
+        elif resume:
+            self._log(f"{run_dir}: no {LAST} yet, starting from the beginning")
         elif holds_run and not overwrite:
             raise UserError(
                 f"{run_dir} already holds a run; pass --resume to continue it, "
                 "--overwrite to replace it, or choose another --run-dir"
             )
-        if run_dir.exists():
-            for name in (LAST, BEST, CONFIG_FILE, METRICS_FILE, CURVES_FILE):
-                (run_dir / name).unlink(missing_ok=True)
-            for old in run_dir.glob("ckpt-step*.pt"):
-                old.unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return None
+        distributed.barrier(self.context)
+        if self.context.is_main:
+            for stale in run_dir.glob(".*.tmp*"):  # left by a kill during a save
+                stale.unlink()
+            if payload is None and run_dir.exists():
+                for name in (LAST, BEST, CONFIG_FILE, METRICS_FILE, CURVES_FILE):
+                    (run_dir / name).unlink(missing_ok=True)
+                for old in run_dir.glob("ckpt-step*.pt"):
+                    old.unlink()
+            run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(self.context)
+        return payload
 
     def _load_data(self) -> None:
         config = self.config
@@ -192,7 +228,7 @@ class Trainer:
         vocab = config.vocab
         self.src_vocab = Vocabulary.build((s for s, _ in pairs), vocab.min_freq, vocab.max_size)
         self.trg_vocab = Vocabulary.build((t for _, t in pairs), vocab.min_freq, vocab.max_size)
-        log(
+        self._log(
             f"training pairs: {len(pairs)} ({len(train_split.src_tokens) - len(pairs)} skipped: "
             f"empty or longer than {limit} tokens); vocabulary: {len(self.src_vocab)} "
             f"{config.data.src_lang}, {len(self.trg_vocab)} {config.data.trg_lang}"
@@ -227,10 +263,24 @@ class Trainer:
         self.progress.finished = self.progress.epoch > train.epochs or bool(
             train.max_steps and self.progress.step >= train.max_steps
         )
-        set_rng_state(state["rng"])
-        self.metrics.truncate_after(self.progress.step)
-        save_config(self.config, self.run_dir / CONFIG_FILE)
-        log(f"resuming {self.run_dir} at epoch {self.progress.epoch}, step {self.progress.step}")
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        streams = state["rng"]  # one per rank of the run that saved it
+        if len(streams) == self.context.world_size:
+            set_rng_state(streams[self.context.rank])
+        else:
+            self._log(
+                f"{last} was saved by {len(streams)} ranks, this run has "
+                f"{self.context.world_size}: random streams restart from the seed (the data "
+                "order and position are kept, the resumed run is not bit-exact)"
+            )
+            torch.manual_seed(self.config.seed + 1000 * self.progress.step + self.context.rank)
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.progress.step)
+            save_config(self.config, self.run_dir / CONFIG_FILE)
+        self._log(
+            f"resuming {self.run_dir} at epoch {self.progress.epoch}, step {self.progress.step}"
+        )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -238,38 +288,47 @@ class Trainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             parameters = sum(p.numel() for p in self.model.parameters())
-            log(f"model: {parameters:,} parameters; device: {self.device}")
+            ranks = f", {self.context.world_size} ranks" if self.context.distributed else ""
+            self._log(f"model: {parameters:,} parameters; device: {self.device}{ranks}")
             while not self.progress.finished:
                 self._train_epoch()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        log(f"finished after {self.progress.step} steps; best model: {self.run_dir / BEST}")
+            distributed.stop()
+        self._log(f"finished after {self.progress.step} steps; best model: {self.run_dir / BEST}")
         return self.run_dir
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._signal is not None:  # a second Ctrl-C: stop now, last.pt is still whole
             raise KeyboardInterrupt
         self._signal = signum
-        log(f"{signal.Signals(signum).name}: finishing this step, then saving {LAST}")
+        self._log(f"{signal.Signals(signum).name}: finishing this step, then saving {LAST}")
 
     def _train_epoch(self) -> None:
-        config, progress = self.config.train, self.progress
+        config, progress, context = self.config.train, self.progress, self.context
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + progress.epoch)
         batches = make_batches(self.lengths, config.batch_size, config.batch_unit, generator)
-        self.model.train()
+        # Each optimizer step takes `span` batches of the epoch's order; rank r trains on
+        # every world_size-th of them. Under torchrun the incomplete last span is dropped,
+        # so that every rank gets an equal share.
+        span = config.accumulate_steps * context.world_size
+        usable = len(batches) - (len(batches) % span if context.distributed else 0)
+        self.trainable.train()
         window_seconds, window_tokens, window_loss = 0.0, 0, 0.0  # since the last train record
         bar = tqdm(
-            total=len(batches),
+            total=usable,
             initial=progress.batches_done,
             desc=f"epoch {progress.epoch}",
             unit="batch",
             file=sys.stderr,
             dynamic_ncols=True,
             mininterval=0.1 if sys.stderr.isatty() else 30.0,  # keep logs short
+            disable=not context.is_main,
         )
-        while progress.batches_done < len(batches):
-            group = batches[progress.batches_done : progress.batches_done + config.accumulate_steps]
+        while progress.batches_done < usable:
+            taken = batches[progress.batches_done : progress.batches_done + span]
+            group = taken[context.rank :: context.world_size]
             started = time.perf_counter()
             try:
                 loss, tokens = self._step(group)
@@ -280,19 +339,19 @@ class Trainer:
             seconds = time.perf_counter() - started
             progress.elapsed += seconds
             window_seconds += seconds
-            progress.batches_done += len(group)
+            progress.batches_done += len(taken)
             progress.step += 1
             progress.epoch_loss += loss
             progress.epoch_tokens += tokens
             window_loss += loss
             window_tokens += tokens
-            bar.update(len(group))
+            bar.update(len(taken))
             mean = progress.epoch_loss / progress.epoch_tokens
             bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}", refresh=False)
             if progress.step % config.log_every == 0:
                 self._log_train(window_loss / window_tokens, window_tokens / window_seconds)
                 window_seconds, window_tokens, window_loss = 0.0, 0, 0.0
-            epoch_done = progress.batches_done >= len(batches)
+            epoch_done = progress.batches_done >= usable
             last_step = bool(config.max_steps and progress.step >= config.max_steps) or (
                 epoch_done and progress.epoch == config.epochs
             )
@@ -302,16 +361,17 @@ class Trainer:
             if due or last_step:
                 self._validate()  # may decide to stop early
             progress.finished = progress.finished or last_step
-            if progress.finished or self._signal is not None:
+            stopping = distributed.any_rank(self._signal is not None, context, self.device)
+            if progress.finished or stopping:
                 break
             if progress.step % config.save_every == 0 and not epoch_done:
                 self._save_last()
         bar.close()
-        if progress.batches_done >= len(batches):
+        if progress.batches_done >= usable:
             self._end_epoch()
         self._save_last()
-        if self._signal is not None:
-            raise Interrupted(self._signal, self.run_dir)
+        if distributed.any_rank(self._signal is not None, context, self.device):
+            raise Interrupted(self._signal or signal.SIGTERM, self.run_dir)
 
     def _out_of_memory(self, group: list[list[int]]) -> None:
         """Save what was trained before the batch that did not fit, then explain."""
@@ -325,31 +385,48 @@ class Trainer:
         )
 
     def _step(self, group: list[list[int]]) -> tuple[float, int]:
-        """One optimizer step over `group` batches; returns (summed loss, target tokens)."""
-        config = self.config.train
+        """One optimizer step over this rank's `group` of batches; returns the summed loss
+        and target tokens over all ranks."""
+        config, context = self.config.train, self.context
         batches = [
             collate(indices, self.src_ids, self.trg_ids).to(self.device) for indices in group
         ]
-        tokens = sum(batch.target_tokens for batch in batches)
+        local_tokens = sum(batch.target_tokens for batch in batches)
+        tokens = int(distributed.all_sum([local_tokens], context, self.device)[0])
+        # DDP averages gradients over ranks: dividing by tokens / world_size makes the
+        # update the mean over every target token of the global batch.
+        per_rank = tokens / context.world_size
         total = 0.0
         self.optimizer.zero_grad(set_to_none=True)
-        for batch in batches:
-            logits = self.model(
-                batch.src, batch.src_lengths, batch.trg[:, :-1], config.teacher_forcing
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            # Gradients are exchanged once per step, after the last micro-batch.
+            exchange = (
+                nullcontext() if last or not context.distributed else self.trainable.no_sync()
             )
-            loss = sequence_loss(logits, batch.trg, config.label_smoothing)
-            (loss / tokens).backward()  # mean over every target token of the group
+            autocast = torch.autocast(
+                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+            )
+            with exchange:
+                with autocast:
+                    logits = self.trainable(
+                        batch.src, batch.src_lengths, batch.trg[:, :-1], config.teacher_forcing
+                    )
+                    loss = sequence_loss(logits, batch.trg, config.label_smoothing)
+                self.scaler.scale(loss / per_rank).backward()
             total += loss.item()
         if config.clip_norm:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         if config.scheduler == "inverse_sqrt":
             self.scheduler.step()
-        return total, tokens
+        return distributed.all_sum([total], context, self.device)[0], tokens
 
     def _end_epoch(self) -> None:
         progress = self.progress
-        log(
+        self._log(
             f"epoch {progress.epoch} done: train loss "
             f"{progress.epoch_loss / max(progress.epoch_tokens, 1):.3f}, "
             f"{progress.step} steps, {progress.elapsed:.0f} s of training so far"
@@ -362,14 +439,19 @@ class Trainer:
 
     # -- validation and checkpoints ------------------------------------------------------
 
-    def _validate(self) -> Evaluation:
+    def _validate(self) -> None:
+        """Rank 0 validates; its score reaches every rank, so that the best score, early
+        stopping and the plateau schedule stay the same everywhere."""
         config, progress = self.config.train, self.progress
         started = time.perf_counter()
-        evaluation = evaluate(self.translator, self.valid.src_lines, self.valid.trg_lines)
-        self.model.train()
-        metric = evaluation.as_dict()[config.best_metric]
-        lower_is_better = config.best_metric.endswith("loss")
-        signed = -float(metric) if lower_is_better else float(metric)
+        evaluation = None
+        if self.context.is_main:
+            evaluation = evaluate(self.translator, self.valid.src_lines, self.valid.trg_lines)
+            self.trainable.train()
+        metric = distributed.from_main(
+            evaluation.as_dict()[config.best_metric] if evaluation else None, self.context
+        )
+        signed = -float(metric) if config.best_metric.endswith("loss") else float(metric)
         improved = progress.best is None or signed > progress.best
         if improved:
             progress.best, progress.bad_validations = signed, 0
@@ -377,51 +459,57 @@ class Trainer:
             progress.bad_validations += 1
         if config.scheduler == "plateau":
             self.scheduler.step(signed)
-        record = {
-            "kind": "valid",
-            "step": progress.step,
-            "epoch": progress.epoch,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "elapsed": progress.elapsed,
-            "seconds": time.perf_counter() - started,
-            **evaluation.as_dict(),
-        }
-        self.metrics.append(record)
+        stop_early = bool(config.patience and progress.bad_validations >= config.patience)
+        progress.finished = progress.finished or stop_early
+        kept, dropped = self._rank_kept(signed)
+        if evaluation is None:
+            return
+        self._record(
+            {
+                "kind": "valid",
+                "step": progress.step,
+                "epoch": progress.epoch,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "elapsed": progress.elapsed,
+                "seconds": time.perf_counter() - started,
+                **evaluation.as_dict(),
+            }
+        )
         scores = evaluation.scores
-        log(
+        self._log(
             f"validation at step {progress.step} (epoch {progress.epoch}): loss "
             f"{evaluation.loss:.3f} ppl {evaluation.perplexity:.2f} (free-running "
             f"{evaluation.free_running_perplexity:.2f}) BLEU {scores.bleu:.2f} chrF "
             f"{scores.chrf:.2f} tokenized BLEU {scores.tokenized_bleu:.2f}"
             + (" (new best)" if improved else f" (no improvement for {progress.bad_validations})")
         )
-        if config.patience and progress.bad_validations >= config.patience:
-            log(
+        if stop_early:
+            self._log(
                 f"early stopping: {config.best_metric} did not improve "
                 f"for {config.patience} validations"
             )
-            progress.finished = True
         payload = self._payload(evaluation)
         if improved:
             save_checkpoint(payload, self.run_dir / BEST)
-        if config.keep_checkpoints:
-            self._keep(payload, signed)
-        plot_run(self.run_dir)
-        return evaluation
-
-    def _keep(self, payload: dict[str, Any], signed: float) -> None:
-        """Keep the k best validated checkpoints as ckpt-step{N}.pt."""
-        progress, k = self.progress, self.config.train.keep_checkpoints
-        ranked = sorted([*progress.kept, [signed, progress.step]], key=lambda e: (-e[0], -e[1]))
-        if [signed, progress.step] in ranked[:k]:
+        if kept:
             save_checkpoint(payload, self.run_dir / f"ckpt-step{progress.step}.pt")
-        for _, step in ranked[k:]:
-            (self.run_dir / f"ckpt-step{int(step)}.pt").unlink(missing_ok=True)
+        for step in dropped:
+            (self.run_dir / f"ckpt-step{step}.pt").unlink(missing_ok=True)
+        plot_run(self.run_dir)
+
+    def _rank_kept(self, signed: float) -> tuple[bool, list[int]]:
+        """Update the k best validated checkpoints: (keep this one?, steps to delete)."""
+        progress, k = self.progress, self.config.train.keep_checkpoints
+        if not k:
+            return False, []
+        entry = [signed, progress.step]
+        ranked = sorted([*progress.kept, entry], key=lambda e: (-e[0], -e[1]))
         progress.kept = ranked[:k]
+        return entry in progress.kept, [int(step) for _, step in ranked[k:]]
 
     def _log_train(self, loss: float, tokens_per_second: float) -> None:
         progress = self.progress
-        self.metrics.append(
+        self._record(
             {
                 "kind": "train",
                 "step": progress.step,
@@ -434,10 +522,21 @@ class Trainer:
         )
 
     def _save_last(self) -> None:
-        save_checkpoint(self._payload(None, training=True), self.run_dir / LAST)
+        streams = distributed.gather_to_main(get_rng_state(), self.context)
+        if self.context.is_main:
+            payload = self._payload(None)
+            payload["training"] = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "progress": asdict(self.progress),
+                "rng": streams,
+            }
+            save_checkpoint(payload, self.run_dir / LAST)
 
-    def _payload(self, evaluation: Evaluation | None, training: bool = False) -> dict[str, Any]:
-        payload: dict[str, Any] = {
+    def _payload(self, evaluation: Evaluation | None) -> dict[str, Any]:
+        """A self-contained checkpoint of the model (no training state)."""
+        return {
             "config": self.config.model_dump(),
             "vocab": {"src": self.src_vocab.itos, "trg": self.trg_vocab.itos},
             "tokenizer": {"src": self.src_tokenizer.name, "trg": self.trg_tokenizer.name},
@@ -445,14 +544,6 @@ class Trainer:
             "step": self.progress.step,
             "validation": evaluation.as_dict() if evaluation else None,
         }
-        if training:
-            payload["training"] = {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "progress": asdict(self.progress),
-                "rng": get_rng_state(),
-            }
-        return payload
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> Any:
@@ -475,19 +566,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> Any:
 
 
 def get_rng_state() -> dict[str, Any]:
-    """Every RNG the run uses, as plain tensors and lists (weights_only-loadable)."""
+    """Every RNG the run uses, as plain numbers and lists: weights_only-loadable, and
+    gatherable from every rank."""
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
-        "torch": torch.get_rng_state(),
+        "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [generator.tolist() for generator in torch.cuda.get_rng_state_all()]
     try:
         import numpy
 
         kind, keys, position, has_gauss, cached = numpy.random.get_state()
-        state["numpy"] = [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached]
+        state["numpy"] = [kind, keys.tolist(), position, has_gauss, cached]
     except ImportError:
         pass
     return state
@@ -496,11 +588,13 @@ def get_rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
     if "numpy" in state:
         import numpy
 
         kind, keys, position, has_gauss, cached = state["numpy"]
-        numpy.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
+        numpy.random.set_state(
+            (kind, numpy.array(keys, dtype=numpy.uint32), position, has_gauss, cached)
+        )
