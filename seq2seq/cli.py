@@ -63,12 +63,15 @@ def train(
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     resolved, _ = resolve_run(config, set_ or [], run_dir, resume)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
     try:
         folder = run_training(resolved, overwrite=overwrite, resume=resume)
     except Interrupted as stop:
-        print(stop, file=sys.stderr)
+        if main_rank:
+            print(stop, file=sys.stderr)
         sys.exit(128 + stop.signum)
-    typer.echo(f"done: {folder / 'best.pt'}", err=True)
+    if main_rank:
+        typer.echo(f"done: {folder / 'best.pt'}", err=True)
 
 
 @app.command()
