@@ -125,6 +125,43 @@ def training_batches(config: Config, data: Path, count: int):
     return batches, len(src_vocab), len(trg_vocab), epoch_tokens, len(order)
 
 
+def training_flops(config: Config, batches, trg_vocab_size: int) -> float:
+    """Forward + backward floating-point operations of the useful work (padding excluded)
+    in `batches`: 2 FLOPs per multiply-add, backward = 2 x forward.
+
+    Per source token: the bidirectional GRU (2 directions x 3H x (E + H)) and the
+    attention keys (2H x A). Per target step: the attention query (D x A), energies and
+    scores (S x A), context (S x 2H), the decoder GRU (3D x (E + 2H + D)) and the output
+    layer (V x (D + 2H + E)); with teacher forcing below 1 the steps that feed back a
+    prediction compute that output layer once more, forward only.
+    """
+    m = config.model
+    E, H = m.encoder.embedding_size, m.encoder.hidden_size
+    e, D = m.decoder.embedding_size, m.decoder.hidden_size
+    A, V = D, trg_vocab_size
+    source = target = pairs = 0
+    for batch in batches:
+        src_lengths = batch.src_lengths.tolist()
+        trg_lengths = (batch.trg != PAD).sum(dim=1).sub(1).tolist()  # predicted tokens
+        source += sum(src_lengths)
+        target += sum(trg_lengths)
+        pairs += sum(s * t for s, t in zip(src_lengths, trg_lengths, strict=True))
+    per_source = 2 * 3 * H * (E + H) + 2 * H * A
+    per_step = D * A + 3 * D * (e + 2 * H + D) + V * (D + 2 * H + e)
+    per_pair = A + 2 * H  # energy + score per source position, context
+    forward = source * per_source + target * per_step + pairs * per_pair
+    feedback = (1 - config.train.teacher_forcing) * target * V * (D + 2 * H + e)
+    return 2 * (3 * forward + feedback)
+
+
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """fp32 matrix-multiply FLOP/s that torch reaches here with these threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    seconds = median_time(lambda: a @ b, repeats)
+    return 2 * size**3 / seconds
+
+
 def benchmark_training(config: Config, data: Path, windows: int, window_batches: int) -> None:
     batches, src_size, trg_size, epoch_tokens, epoch_batches = training_batches(
         config, data, window_batches
@@ -165,6 +202,16 @@ def benchmark_training(config: Config, data: Path, windows: int, window_batches:
         )
     speedup = statistics.median(results["ours"]) / statistics.median(results["tutorial"])
     print(f"  ratio ours / tutorial: {speedup:.2f}x")
+    tokens = sum(batch.target_tokens for batch in batches)
+    flops_per_token = training_flops(config, batches, trg_size) / tokens
+    peak = matmul_peak(torch.get_num_threads())
+    print(
+        f"  {flops_per_token / 1e6:.1f} MFLOP per target token; fp32 matmul peak here "
+        f"{peak / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
+    )
+    for name, rates in results.items():
+        achieved = statistics.median(rates) * flops_per_token
+        print(f"  {name:9s} {achieved / 1e9:6.1f} GFLOP/s = {achieved / peak:.0%} of that peak")
 
 
 def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats: int) -> None:
