@@ -75,6 +75,24 @@ def train(
 
 
 @app.command()
+def download(
+    dataset: Annotated[str, typer.Argument(help="The dataset: multi30k.")],
+    dest: Annotated[Path, typer.Option("--dest", help="Folder to put the files in.")],
+    lang: Annotated[
+        list[str] | None, typer.Option("--lang", help="Languages to fetch (default: all four).")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Base URL of a mirror of data/task1/raw.")] = None,
+) -> None:
+    """Fetch Multi30k task 1 (train, val, test_2016_flickr; de, en, fr, cs), SHA-256 checked."""
+    from seq2seq.download import MULTI30K_LANGUAGES, download_multi30k
+
+    if dataset != "multi30k":
+        raise UserError(f"unknown dataset {dataset!r}; known: multi30k")
+    paths = download_multi30k(dest, tuple(lang or MULTI30K_LANGUAGES), url)
+    typer.echo(f"{len(paths)} verified files in {dest}", err=True)
+
+
+@app.command()
 def plot(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """Draw a run's training curves (loss, perplexity, BLEU) into RUN_DIR/curves.png."""
     from seq2seq.plots import plot_run

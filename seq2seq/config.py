@@ -24,6 +24,8 @@ class Section(BaseModel):
 class DataConfig(Section):
     dir: str = "data/multi30k"
     """Folder holding `{split}.{lang}` files, plain or gzipped (`.gz`)."""
+    dataset: Literal["multi30k"] | None = None
+    """With `multi30k`, train downloads the missing Multi30k files into `dir` (verified)."""
     src_lang: str = "de"
     trg_lang: str = "en"
     train: str = "train"

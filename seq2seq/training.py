@@ -33,6 +33,7 @@ from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import Config, load_config, save_config
 from seq2seq.corpus import read_parallel, split_path
 from seq2seq.data import collate, make_batches
+from seq2seq.download import download_multi30k
 from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.evaluation import Evaluation, evaluate
 from seq2seq.loss import sequence_loss
@@ -213,6 +214,11 @@ class Trainer:
 
     def _load_data(self) -> None:
         config = self.config
+        if config.data.dataset == "multi30k":
+            if self.context.is_main:  # the others wait, then read what rank 0 fetched
+                languages = (config.data.src_lang, config.data.trg_lang)
+                download_multi30k(config.data.dir, languages)
+            distributed.barrier(self.context)
         if not Path(config.data.dir).is_dir():
             raise UserError(f"data.dir: folder '{config.data.dir}' does not exist")
         train_split = load_split(config, config.data.train, self.src_tokenizer, self.trg_tokenizer)
