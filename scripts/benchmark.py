@@ -34,8 +34,10 @@ from seq2seq.corpus import read_lines, split_path
 from seq2seq.data import collate, make_batches
 from seq2seq.loss import sequence_loss
 from seq2seq.model import Seq2Seq
-from seq2seq.translator import Translator, make_tokenizers
-from seq2seq.vocab import EOS, PAD, SOS, Vocabulary
+from seq2seq.tokenizer import make_tokenizers
+from seq2seq.training import make_vocabularies
+from seq2seq.translator import Translator
+from seq2seq.vocab import EOS, PAD, SOS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,12 +111,12 @@ def median_time(run, repeats: int) -> float:
 
 
 def training_batches(config: Config, data: Path, count: int):
-    src_tokenizer, trg_tokenizer = make_tokenizers(config)
     src_lines = read_lines(split_path(data, config.data.train, config.data.src_lang))
     trg_lines = read_lines(split_path(data, config.data.train, config.data.trg_lang))
+    src_tokenizer, trg_tokenizer = make_tokenizers(config, None, (src_lines, trg_lines))
     src_tokens, trg_tokens = src_tokenizer.tokenize(src_lines), trg_tokenizer.tokenize(trg_lines)
-    src_vocab = Vocabulary.build(src_tokens, config.vocab.min_freq, config.vocab.max_size)
-    trg_vocab = Vocabulary.build(trg_tokens, config.vocab.min_freq, config.vocab.max_size)
+    pairs = list(zip(src_tokens, trg_tokens, strict=True))
+    src_vocab, trg_vocab = make_vocabularies(src_tokenizer, trg_tokenizer, pairs, config.vocab)
     src_ids = [torch.tensor(src_vocab.encode(t)) for t in src_tokens]
     trg_ids = [torch.tensor(trg_vocab.encode(t)) for t in trg_tokens]
     lengths = [max(len(s), len(t)) for s, t in zip(src_ids, trg_ids, strict=True)]

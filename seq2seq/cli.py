@@ -343,7 +343,7 @@ def evaluate(
         from seq2seq.metrics import score_corpus
         from seq2seq.tokenizer import Tokenizer
 
-        tokenizer = translator.trg_tokenizer if translator else Tokenizer(lang)
+        tokenizer = translator.trg_tokenizer.words if translator else Tokenizer(lang)
         scores = score_corpus(lines, references, tokenizer)
         record.update(scores.as_dict())
     else:

@@ -52,9 +52,20 @@ class DataConfig(Section):
 
 
 class VocabConfig(Section):
+    type: Literal["word", "sentencepiece"] = "word"
+    """`word`: spaCy tokens, rare ones become <unk>. `sentencepiece`: subword pieces from
+    a SentencePiece model trained on the training split and stored in the checkpoint."""
     min_freq: int = Field(2, gt=0)
+    """word: tokens seen fewer times become <unk>."""
     max_size: int | None = Field(None, gt=0)
-    """Most frequent tokens kept, not counting the four specials; None keeps all."""
+    """word: most frequent tokens kept, not counting the four specials; None keeps all."""
+    model_type: Literal["bpe", "unigram"] = "unigram"
+    """sentencepiece: the segmentation algorithm."""
+    size: int = Field(8000, gt=4)
+    """sentencepiece: pieces per model, the four specials included (an upper bound on
+    small data)."""
+    joint: bool = False
+    """sentencepiece: one model trained on both languages, shared by source and target."""
 
 
 class EncoderConfig(Section):

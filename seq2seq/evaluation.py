@@ -43,7 +43,9 @@ def evaluate(translator: Translator, sources: list[str], references: list[str]) 
     """Translate `sources` and score them against the raw `references` lines."""
     loss, free_running_loss = corpus_losses(translator, sources, references)
     translations = translator.translate(sources)
-    scores = score_corpus([t.text for t in translations], references, translator.trg_tokenizer)
+    scores = score_corpus(
+        [t.text for t in translations], references, translator.trg_tokenizer.words
+    )
     return Evaluation(loss, free_running_loss, scores, translations)
 
 

@@ -1,22 +1,41 @@
-"""Text <-> tokens: spaCy's rule-based tokenizer and the Moses detokenizer.
+"""Text <-> tokens, for words (spaCy + Moses) or subwords (SentencePiece).
 
-Only spaCy's tokenizer runs (no tagger, no parser), over batches with `pipe`.
+Words: only spaCy's tokenizer runs (no tagger, no parser), over batches with `pipe`.
 A trained pipeline package (e.g. de_core_news_sm) is used when installed; otherwise
-`spacy.blank(lang)`, which carries the same tokenizer rules. The name actually used
-is stored in checkpoints so translation tokenizes exactly like training did.
+`spacy.blank(lang)`, which carries the same tokenizer rules. Detokenization is the Moses
+detokenizer's (sacremoses).
+
+Subwords: a SentencePiece model (BPE or unigram) trained on the training split only; its
+pieces are the vocabulary, with our four specials at their fixed ids, and its own decoder
+detokenizes exactly.
+
+A checkpoint stores what the tokenizers need (`tokenizer_state`): the spaCy pipelines
+actually used and the SentencePiece models' bytes, so translation tokenizes exactly like
+training did.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
+from typing import Any
 
+import sentencepiece
 import spacy
+import torch
 from sacremoses import MosesDetokenizer
+
+from seq2seq.config import Config, VocabConfig
+from seq2seq.vocab import EOS, PAD, SOS, SPECIALS, UNK
 
 BLANK_PREFIX = "blank:"
 
 
 class Tokenizer:
+    """Words: spaCy tokens in, natural text out."""
+
+    subword = False
+
     def __init__(self, lang: str, pipeline: str | None = None, lowercase: bool = False):
         self.lang = lang
         self.lowercase = lowercase
@@ -26,6 +45,11 @@ class Tokenizer:
         # English "isn't" into "is n't"; Moses would leave both apart.
         self._joins_hyphens = len(self._nlp.tokenizer("t-shirt")) == 3
         self._joins_nt = lang == "en"
+
+    @property
+    def words(self) -> Tokenizer:
+        """The word tokenizer that tokenized BLEU uses: this one."""
+        return self
 
     def tokenize(self, texts: Iterable[str]) -> list[list[str]]:
         """One token list per text; whitespace tokens are dropped."""
@@ -37,10 +61,7 @@ class Tokenizer:
 
     def detokenize(self, tokens: list[str]) -> str:
         """Natural text from tokens; output of a lowercasing model starts with a capital."""
-        text = self._detokenizer.detokenize(self._rejoin(tokens))
-        if self.lowercase and text:
-            text = text[0].upper() + text[1:]
-        return text
+        return _capitalized(self._detokenizer.detokenize(self._rejoin(tokens)), self.lowercase)
 
     def _rejoin(self, tokens: list[str]) -> list[str]:
         """Undo the splits Moses does not know: 't - shirt' -> 't-shirt', 'is n't' -> "isn't"."""
@@ -65,6 +86,106 @@ class Tokenizer:
                 joined.append(token)
             position += 1
         return joined
+
+
+class SubwordTokenizer:
+    """Subwords: SentencePiece pieces in, SentencePiece's exact decoding out."""
+
+    subword = True
+
+    def __init__(self, lang: str, model: bytes, lowercase: bool, words: Tokenizer):
+        self.lang = lang
+        self.lowercase = lowercase
+        self.model = model
+        self.words = words  # spaCy words of the same language, for tokenized BLEU
+        self._processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+
+    def pieces(self) -> list[str]:
+        """The model's pieces in id order: the vocabulary, specials first."""
+        return [self._processor.id_to_piece(i) for i in range(self._processor.get_piece_size())]
+
+    def tokenize(self, texts: Iterable[str]) -> list[list[str]]:
+        lowered = [text.lower() if self.lowercase else text for text in texts]
+        return self._processor.encode(lowered, out_type=str)
+
+    def detokenize(self, tokens: list[str]) -> str:
+        return _capitalized(self._processor.decode_pieces(tokens), self.lowercase)
+
+
+AnyTokenizer = Tokenizer | SubwordTokenizer
+
+
+def train_sentencepiece(texts: Iterable[str], vocab: VocabConfig, lowercase: bool) -> bytes:
+    """A SentencePiece model of the training text, with our specials at our ids."""
+    lines = [text.lower() if lowercase else text for text in texts if text.strip()]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type=vocab.model_type,
+        vocab_size=vocab.size,
+        hard_vocab_limit=False,  # small corpora may not have `size` pieces
+        character_coverage=1.0,
+        unk_id=UNK,
+        pad_id=PAD,
+        bos_id=SOS,
+        eos_id=EOS,
+        unk_piece=SPECIALS[UNK],
+        pad_piece=SPECIALS[PAD],
+        bos_piece=SPECIALS[SOS],
+        eos_piece=SPECIALS[EOS],
+        num_threads=1,  # the same model from the same text, every time
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def tokenizer_state(src: AnyTokenizer, trg: AnyTokenizer) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild both tokenizers: the spaCy pipelines used, and
+    the SentencePiece models as byte tensors (weights_only-loadable)."""
+    state: dict[str, Any] = {"src": src.words.name, "trg": trg.words.name}
+    for side, tokenizer in (("src", src), ("trg", trg)):
+        if isinstance(tokenizer, SubwordTokenizer):
+            state[f"{side}_model"] = torch.frombuffer(bytearray(tokenizer.model), dtype=torch.uint8)
+    return state
+
+
+def make_tokenizers(
+    config: Config,
+    saved: dict[str, Any] | None = None,
+    training_text: tuple[list[str], list[str]] | None = None,
+) -> tuple[AnyTokenizer, AnyTokenizer]:
+    """Source and target tokenizers: rebuilt from a checkpoint's `tokenizer_state`, or made
+    from the config (SentencePiece models are then trained on `training_text`)."""
+    data, vocab = config.data, config.vocab
+    src_words = Tokenizer(
+        data.src_lang, saved["src"] if saved else data.src_pipeline, data.lowercase
+    )
+    trg_words = Tokenizer(
+        data.trg_lang, saved["trg"] if saved else data.trg_pipeline, data.lowercase
+    )
+    if vocab.type == "word":
+        return src_words, trg_words
+    if saved is not None:
+        src_model, trg_model = (bytes(saved[f"{side}_model"].numpy()) for side in ("src", "trg"))
+    elif training_text is None:
+        raise ValueError("SentencePiece models are trained on the training text")
+    elif vocab.joint:
+        src_model = trg_model = train_sentencepiece(
+            [*training_text[0], *training_text[1]], vocab, data.lowercase
+        )
+    else:
+        src_model = train_sentencepiece(training_text[0], vocab, data.lowercase)
+        trg_model = train_sentencepiece(training_text[1], vocab, data.lowercase)
+    return (
+        SubwordTokenizer(data.src_lang, src_model, data.lowercase, src_words),
+        SubwordTokenizer(data.trg_lang, trg_model, data.lowercase, trg_words),
+    )
+
+
+def _capitalized(text: str, lowercase: bool) -> str:
+    """Output of a lowercasing model starts with a capital."""
+    return text[0].upper() + text[1:] if lowercase and text else text
 
 
 def _load_spacy(lang: str, pipeline: str | None) -> tuple[spacy.language.Language, str]:

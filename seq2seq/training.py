@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from seq2seq import distributed
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
-from seq2seq.config import Config, load_config, save_config
+from seq2seq.config import Config, VocabConfig, config_from_dict, load_config, save_config
 from seq2seq.corpus import read_parallel, split_path
 from seq2seq.data import collate, make_batches
 from seq2seq.download import download_multi30k
@@ -40,8 +40,8 @@ from seq2seq.loss import sequence_loss
 from seq2seq.model import Seq2Seq
 from seq2seq.plots import CURVES_FILE, plot_run
 from seq2seq.runlog import METRICS_FILE, MetricsLog, environment
-from seq2seq.tokenizer import Tokenizer
-from seq2seq.translator import Translator, make_tokenizers, resolve_device
+from seq2seq.tokenizer import AnyTokenizer, SubwordTokenizer, make_tokenizers, tokenizer_state
+from seq2seq.translator import Translator, resolve_device
 from seq2seq.vocab import Vocabulary
 
 CONFIG_FILE = "config.yaml"
@@ -75,23 +75,27 @@ class Progress:
     finished: bool = False
 
 
-@dataclass
-class TokenizedSplit:
-    src_lines: list[str]
-    trg_lines: list[str]
-    src_tokens: list[list[str]]
-    trg_tokens: list[list[str]]
-
-
-def load_split(
-    config: Config, split: str, src_tokenizer: Tokenizer, trg_tokenizer: Tokenizer
-) -> TokenizedSplit:
+def read_split(config: Config, split: str) -> tuple[list[str], list[str]]:
     data = config.data
-    src_lines, trg_lines = read_parallel(
+    return read_parallel(
         split_path(data.dir, split, data.src_lang), split_path(data.dir, split, data.trg_lang)
     )
-    return TokenizedSplit(
-        src_lines, trg_lines, src_tokenizer.tokenize(src_lines), trg_tokenizer.tokenize(trg_lines)
+
+
+def make_vocabularies(
+    src_tokenizer: AnyTokenizer,
+    trg_tokenizer: AnyTokenizer,
+    pairs: list[tuple[list[str], list[str]]],
+    vocab: VocabConfig,
+) -> tuple[Vocabulary, Vocabulary]:
+    """Subword vocabularies are their SentencePiece models' pieces; word vocabularies
+    count the tokens of the training pairs."""
+    if isinstance(src_tokenizer, SubwordTokenizer):
+        assert isinstance(trg_tokenizer, SubwordTokenizer)
+        return Vocabulary(src_tokenizer.pieces()), Vocabulary(trg_tokenizer.pieces())
+    return (
+        Vocabulary.build((s for s, _ in pairs), vocab.min_freq, vocab.max_size),
+        Vocabulary.build((t for _, t in pairs), vocab.min_freq, vocab.max_size),
     )
 
 
@@ -142,8 +146,7 @@ class Trainer:
         if threads:
             torch.set_num_threads(threads)
 
-        self.src_tokenizer, self.trg_tokenizer = make_tokenizers(config)
-        self._load_data()
+        self._load_data(checkpoint["tokenizer"] if checkpoint else None)
         self.model = Seq2Seq(config.model, len(self.src_vocab), len(self.trg_vocab)).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.learning_rate)
         self.scheduler = make_scheduler(self.optimizer, config)
@@ -212,32 +215,41 @@ class Trainer:
         distributed.barrier(self.context)
         return payload
 
-    def _load_data(self) -> None:
-        config = self.config
-        if config.data.dataset == "multi30k":
+    def _load_data(self, saved_tokenizers: dict[str, Any] | None) -> None:
+        """Read the corpus; make the tokenizers (or rebuild a resumed run's) and the
+        vocabularies from the training split only; encode the training pairs."""
+        config, data = self.config, self.config.data
+        if data.dataset == "multi30k":
             if self.context.is_main:  # the others wait, then read what rank 0 fetched
-                languages = (config.data.src_lang, config.data.trg_lang)
-                download_multi30k(config.data.dir, languages)
+                download_multi30k(data.dir, (data.src_lang, data.trg_lang))
             distributed.barrier(self.context)
-        if not Path(config.data.dir).is_dir():
-            raise UserError(f"data.dir: folder '{config.data.dir}' does not exist")
-        train_split = load_split(config, config.data.train, self.src_tokenizer, self.trg_tokenizer)
-        self.valid = load_split(config, config.data.valid, self.src_tokenizer, self.trg_tokenizer)
-        limit = config.data.max_length
+        if not Path(data.dir).is_dir():
+            raise UserError(f"data.dir: folder '{data.dir}' does not exist")
+        train_src, train_trg = read_split(config, data.train)
+        self.valid_src, self.valid_trg = read_split(config, data.valid)
+        self.src_tokenizer, self.trg_tokenizer = make_tokenizers(
+            config, saved_tokenizers, (train_src, train_trg)
+        )
+        limit = data.max_length
         pairs = [
             (s, t)
-            for s, t in zip(train_split.src_tokens, train_split.trg_tokens, strict=True)
+            for s, t in zip(
+                self.src_tokenizer.tokenize(train_src),
+                self.trg_tokenizer.tokenize(train_trg),
+                strict=True,
+            )
             if s and t and len(s) <= limit and len(t) <= limit
         ]
         if not pairs:
-            raise UserError(f"{config.data.dir}: no usable training pairs in '{config.data.train}'")
+            raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
         vocab = config.vocab
-        self.src_vocab = Vocabulary.build((s for s, _ in pairs), vocab.min_freq, vocab.max_size)
-        self.trg_vocab = Vocabulary.build((t for _, t in pairs), vocab.min_freq, vocab.max_size)
+        self.src_vocab, self.trg_vocab = make_vocabularies(
+            self.src_tokenizer, self.trg_tokenizer, pairs, vocab
+        )
         self._log(
-            f"training pairs: {len(pairs)} ({len(train_split.src_tokens) - len(pairs)} skipped: "
-            f"empty or longer than {limit} tokens); vocabulary: {len(self.src_vocab)} "
-            f"{config.data.src_lang}, {len(self.trg_vocab)} {config.data.trg_lang}"
+            f"training pairs: {len(pairs)} ({len(train_src) - len(pairs)} skipped: "
+            f"empty or longer than {limit} tokens); {vocab.type} vocabulary: "
+            f"{len(self.src_vocab)} {data.src_lang}, {len(self.trg_vocab)} {data.trg_lang}"
         )
         self.src_ids = [torch.tensor(self.src_vocab.encode(s)) for s, _ in pairs]
         self.trg_ids = [torch.tensor(self.trg_vocab.encode(t)) for _, t in pairs]
@@ -247,6 +259,12 @@ class Trainer:
 
     def _restore(self, payload: dict[str, Any]) -> None:
         last = self.run_dir / LAST
+        saved_vocab = config_from_dict(payload["config"], source=str(last)).vocab
+        if saved_vocab != self.config.vocab:
+            raise UserError(
+                f"{last}: its vocabulary settings ({saved_vocab}) differ from this config's "
+                f"({self.config.vocab}); resume with the run's own {CONFIG_FILE}"
+            )
         for side, vocab in (("src", self.src_vocab), ("trg", self.trg_vocab)):
             if payload["vocab"][side] != vocab.itos:
                 raise UserError(
@@ -452,7 +470,7 @@ class Trainer:
         started = time.perf_counter()
         evaluation = None
         if self.context.is_main:
-            evaluation = evaluate(self.translator, self.valid.src_lines, self.valid.trg_lines)
+            evaluation = evaluate(self.translator, self.valid_src, self.valid_trg)
             self.trainable.train()
         metric = distributed.from_main(
             evaluation.as_dict()[config.best_metric] if evaluation else None, self.context
@@ -545,7 +563,7 @@ class Trainer:
         return {
             "config": self.config.model_dump(),
             "vocab": {"src": self.src_vocab.itos, "trg": self.trg_vocab.itos},
-            "tokenizer": {"src": self.src_tokenizer.name, "trg": self.trg_tokenizer.name},
+            "tokenizer": tokenizer_state(self.src_tokenizer, self.trg_tokenizer),
             "model": self.model.state_dict(),
             "step": self.progress.step,
             "validation": evaluation.as_dict() if evaluation else None,

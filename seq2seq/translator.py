@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 
 from seq2seq.checkpoint import load_checkpoint
-from seq2seq.config import Config, DecodeConfig, config_from_dict
+from seq2seq.config import DecodeConfig, config_from_dict
 from seq2seq.data import Batch, collate, make_batches
 from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search, max_output_lengths
-from seq2seq.tokenizer import Tokenizer
+from seq2seq.tokenizer import AnyTokenizer, make_tokenizers
 from seq2seq.vocab import SPECIALS, UNK, Vocabulary
 
 
@@ -67,8 +67,8 @@ class Translator:
         model: Seq2Seq,
         src_vocab: Vocabulary,
         trg_vocab: Vocabulary,
-        src_tokenizer: Tokenizer,
-        trg_tokenizer: Tokenizer,
+        src_tokenizer: AnyTokenizer,
+        trg_tokenizer: AnyTokenizer,
         decode: DecodeConfig,
         device: torch.device,
     ):
@@ -88,10 +88,9 @@ class Translator:
             trg_vocab = Vocabulary(payload["vocab"]["trg"])
             model = Seq2Seq(config.model, len(src_vocab), len(trg_vocab))
             model.load_state_dict(payload["model"])
-            tokenizer_names = payload["tokenizer"]
+            src_tokenizer, trg_tokenizer = make_tokenizers(config, payload["tokenizer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise UserError(f"{path}: damaged seq2seq checkpoint ({error})") from None
-        src_tokenizer, trg_tokenizer = make_tokenizers(config, tokenizer_names)
         model.to(torch_device).eval()
         return cls(
             model, src_vocab, trg_vocab, src_tokenizer, trg_tokenizer, config.decode, torch_device
@@ -161,7 +160,7 @@ class Translator:
         translation = Translation(
             "", tokens, source, hypothesis.score, hypothesis.attention, truncated
         )
-        if self.decode.replace_unk:
+        if self.decode.replace_unk and not self.trg_tokenizer.subword:  # pieces are never <unk>
             translation.tokens = replace_unknown(tokens, source, translation.alignment())
         translation.text = self.trg_tokenizer.detokenize(translation.tokens)
         return translation
@@ -172,16 +171,3 @@ def replace_unknown(tokens: list[str], source: list[str], alignment: list[int]) 
     return [
         source[alignment[i]] if token == SPECIALS[UNK] else token for i, token in enumerate(tokens)
     ]
-
-
-def make_tokenizers(
-    config: Config, names: dict[str, str] | None = None
-) -> tuple[Tokenizer, Tokenizer]:
-    """Source and target tokenizers; `names` (from a checkpoint) pins the spaCy pipelines."""
-    data = config.data
-    src_name = names["src"] if names else data.src_pipeline
-    trg_name = names["trg"] if names else data.trg_pipeline
-    return (
-        Tokenizer(data.src_lang, src_name, data.lowercase),
-        Tokenizer(data.trg_lang, trg_name, data.lowercase),
-    )
