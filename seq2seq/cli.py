@@ -235,7 +235,7 @@ def translate(
                         file=sys.stderr,
                     )
                 sink.write(_format(index, candidates, nbest, scores, as_json))
-                if plot_attention and best.tokens:
+                if plot_attention and best.source_tokens:
                     from seq2seq.plots import plot_attention as draw
 
                     draw(best, plot_attention / f"{index + 1:06d}.png")
@@ -262,6 +262,7 @@ def _format(index: int, candidates, nbest: int, scores: bool, as_json: bool) -> 
                 "tokens": c.tokens,
                 "source_tokens": c.source_tokens,
                 "alignment": c.alignment(),
+                **({"gates": _gate_record(c.gates)} if c.gates else {}),
             }
             for c in candidates
         ]
@@ -273,6 +274,15 @@ def _format(index: int, candidates, nbest: int, scores: bool, as_json: bool) -> 
         )
     best = candidates[0]
     return f"{best.score:.4f}\t{best.text}\n" if scores else best.text + "\n"
+
+
+def _gate_record(gates) -> dict[str, list[float]]:
+    """Encoder gate values for --json: channel weights, and per source position (<sos>,
+    tokens, <eos>) the temporal weights of a CBAM gate."""
+    record = {"channel": [round(v, 4) for v in gates.channel.tolist()]}
+    if gates.temporal is not None:
+        record["temporal"] = [round(v, 4) for v in gates.temporal.tolist()]
+    return record
 
 
 def _open_output(path: Path) -> TextIO:

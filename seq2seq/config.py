@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seq2seq.errors import UserError
 
@@ -72,6 +72,27 @@ class EncoderConfig(Section):
     embedding_size: int = Field(256, gt=0)
     hidden_size: int = Field(512, gt=0)
     """Per direction: the encoder outputs have 2 * hidden_size channels."""
+    gate: Literal["none", "se", "cbam"] = "none"
+    """A computer-vision gate on the encoder outputs before attention: squeeze-and-
+    excitation (channels) or CBAM (channels, then positions)."""
+    gate_reduction: int = Field(16, gt=0)
+    """r: the gate's MLP squeezes 2 * hidden_size channels to 2 * hidden_size / r."""
+    gate_kernel: int = Field(7, gt=0)
+    """k: CBAM's temporal convolution width (odd, so that it is centred)."""
+
+    @model_validator(mode="after")
+    def _gate_sizes_fit(self) -> EncoderConfig:
+        if self.gate == "none":
+            return self
+        channels = 2 * self.hidden_size
+        if self.gate_reduction > channels or channels % self.gate_reduction:
+            raise ValueError(
+                f"gate_reduction {self.gate_reduction} must divide the {channels} encoder "
+                "channels (2 * hidden_size)"
+            )
+        if self.gate_kernel % 2 == 0:
+            raise ValueError(f"gate_kernel must be odd, not {self.gate_kernel}")
+        return self
 
 
 class DecoderConfig(Section):

@@ -19,19 +19,22 @@ import torch
 from torch import Tensor, nn
 
 from seq2seq.attention import AdditiveAttention
+from seq2seq.gates import GateValues
 
 
 @dataclass
 class Memory:
     """What the decoder attends to, prepared once per batch."""
 
-    outputs: Tensor  # [B,S,2H] encoder outputs
+    outputs: Tensor  # [B,S,2H] encoder outputs (gated, with an encoder gate)
     keys: Tensor  # [B,S,A] attention keys W_k h + b
     mask: Tensor  # [B,S] True on real source tokens
+    gates: GateValues | None = None  # the encoder gate's values, if the model has one
 
     def select(self, rows: Tensor) -> Memory:
         """The memory of the given batch rows (beam search reorders and repeats rows)."""
-        return Memory(self.outputs[rows], self.keys[rows], self.mask[rows])
+        gates = None if self.gates is None else self.gates.select(rows)
+        return Memory(self.outputs[rows], self.keys[rows], self.mask[rows], gates)
 
 
 class Decoder(nn.Module):
@@ -51,8 +54,8 @@ class Decoder(nn.Module):
         self.rnn = nn.GRUCell(embedding_size + memory_size, hidden_size)
         self.output = nn.Linear(hidden_size + memory_size + embedding_size, vocab_size)
 
-    def prepare(self, outputs: Tensor, mask: Tensor) -> Memory:
-        return Memory(outputs, self.attention.keys(outputs), mask)
+    def prepare(self, outputs: Tensor, mask: Tensor, gates: GateValues | None = None) -> Memory:
+        return Memory(outputs, self.attention.keys(outputs), mask, gates)
 
     def embed(self, tokens: Tensor) -> Tensor:
         """tokens [...] -> dropout(embeddings) [..., E]."""

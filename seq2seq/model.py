@@ -1,4 +1,4 @@
-"""The whole translator: encoder -> attention -> decoder (DESIGN.md, exactly)."""
+"""The whole translator: encoder -> (optional gate) -> attention -> decoder (DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from seq2seq.config import ModelConfig
 from seq2seq.decoder import Decoder, Memory
 from seq2seq.encoder import Encoder
+from seq2seq.gates import make_gate
 from seq2seq.vocab import PAD
 
 
@@ -30,6 +31,13 @@ class Seq2Seq(nn.Module):
             config.dropout,
             PAD,
         )
+        # None for gate `none`: no parameters, so the model is exactly the plain one.
+        self.encoder_gate = make_gate(
+            config.encoder.gate,
+            memory_size,
+            config.encoder.gate_reduction,
+            config.encoder.gate_kernel,
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -42,8 +50,12 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, Tensor]:
         """src [B,S], src_lengths [B] -> (memory for attention, decoder state s0 [B,D])."""
-        outputs, state = self.encoder(src, src_lengths)
-        return self.decoder.prepare(outputs, src != PAD), state
+        outputs, state = self.encoder(src, src_lengths)  # [B,S,2H], [B,D]
+        mask = src != PAD
+        gates = None
+        if self.encoder_gate is not None:
+            outputs, gates = self.encoder_gate(outputs, mask)
+        return self.decoder.prepare(outputs, mask, gates), state
 
     def forward(
         self, src: Tensor, src_lengths: Tensor, trg_in: Tensor, teacher_forcing: float = 1.0

@@ -55,7 +55,11 @@ def plot_run(run_dir: str | Path) -> Path:
 
 
 def plot_attention(translation: Translation, path: str | Path) -> Path:
-    """A heatmap of one translation's attention: source tokens across, output tokens down."""
+    """A heatmap of one translation's attention: source tokens across, output tokens down.
+
+    With an encoder gate, a row of its temporal weights (CBAM) sits above the source axis
+    and a strip of its channel weights beside the heatmap: the two kinds of attention,
+    side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,16 +68,39 @@ def plot_attention(translation: Translation, path: str | Path) -> Path:
     columns = ["<sos>", *translation.source_tokens, "<eos>"]
     rows = [*translation.tokens, "<eos>"][: translation.attention.size(0)]
     weights = translation.attention[: len(rows), : len(columns)].numpy()
-    figure, axis = plt.subplots(
-        figsize=(max(4.0, 0.45 * len(columns) + 1.5), max(3.0, 0.4 * len(rows) + 1.2))
+    gates = translation.gates
+    width = max(4.0, 0.45 * len(columns) + 1.5) + (1.0 if gates else 0.0)
+    height = max(3.0, 0.4 * len(rows) + 1.2) + (0.6 if gates and gates.temporal is not None else 0)
+    figure = plt.figure(figsize=(width, height))
+    temporal_rows = 1 if gates is not None and gates.temporal is not None else 0
+    grid = figure.add_gridspec(
+        1 + temporal_rows,
+        2 if gates else 1,
+        height_ratios=[0.6, len(rows)] if temporal_rows else [1],
+        width_ratios=[len(columns), 0.8] if gates else [1],
+        hspace=0.05,
+        wspace=0.05,
     )
+    axis = figure.add_subplot(grid[temporal_rows, 0])
     image = axis.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     axis.set_xticks(range(len(columns)), columns, rotation=60, ha="right")
     axis.set_yticks(range(len(rows)), rows)
     axis.set_xlabel("source")
-    axis.set_ylabel("output")
-    figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    axis.set_ylabel("output (additive attention)")
+    if temporal_rows:
+        strip = figure.add_subplot(grid[0, 0], sharex=axis)
+        strip.imshow(gates.temporal[None, : len(columns)].numpy(), cmap="magma", vmin=0, vmax=1,
+                     aspect="auto")  # fmt: skip
+        strip.set_yticks([0], ["temporal gate"])
+        strip.tick_params(axis="x", labelbottom=False)
+    if gates is not None:
+        channel = figure.add_subplot(grid[temporal_rows, 1])
+        channel.imshow(gates.channel[:, None].numpy(), cmap="magma", vmin=0, vmax=1, aspect="auto")
+        channel.set_xticks([0], ["channel\ngate"])
+        channel.yaxis.tick_right()
+        channel.set_ylabel("encoder channel")
+        channel.yaxis.set_label_position("right")
+    figure.colorbar(image, ax=figure.axes, fraction=0.04, pad=0.14 if gates else 0.02)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return Path(path)

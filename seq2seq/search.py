@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from seq2seq.gates import GateValues
 from seq2seq.model import Seq2Seq
 from seq2seq.vocab import EOS, SOS
 
@@ -20,6 +21,7 @@ class Hypothesis:
     tokens: list[int]  # output ids, without <sos> and <eos>
     score: float  # summed log-probability of the tokens and <eos>, / length penalty in beams
     attention: Tensor  # [len(tokens) + 1, source length]: one row per emitted id, <eos> included
+    gates: GateValues | None = None  # encoder gate values: channel [C], temporal [source length]
 
 
 def max_output_lengths(src_lengths: Tensor, ratio: float, offset: int) -> Tensor:
@@ -55,7 +57,12 @@ def greedy_search(
         if bool(finished.all()):
             break
     return _hypotheses(
-        torch.stack(emitted, 1), scores, torch.stack(attention, 1), src_lengths, max_lengths
+        torch.stack(emitted, 1),
+        scores,
+        torch.stack(attention, 1),
+        src_lengths,
+        max_lengths,
+        memory.gates,
     )
 
 
@@ -136,12 +143,18 @@ def beam_search(
         attention_tensor[picked],
         src_lengths.repeat_interleave(nbest),
         max_lengths[picked],
+        None if memory.gates is None else memory.gates.select(picked),
     )
     return [flat[i * nbest : (i + 1) * nbest] for i in range(batch_size)]
 
 
 def _hypotheses(
-    ids: Tensor, scores: Tensor, attention: Tensor, src_lengths: Tensor, max_lengths: Tensor
+    ids: Tensor,
+    scores: Tensor,
+    attention: Tensor,
+    src_lengths: Tensor,
+    max_lengths: Tensor,
+    gates: GateValues | None,
 ) -> list[Hypothesis]:
     """ids [B,T], scores [B], attention [B,T,S], max_lengths [B] -> one Hypothesis per row,
     cut at the first <eos> (a row stopped by its length limit continues with <eos> only;
@@ -152,11 +165,16 @@ def _hypotheses(
     for row, row_ids in enumerate(ids_list):
         length = row_ids.index(EOS) if EOS in row_ids else len(row_ids)
         rows = min(length + 1, len(row_ids), limits[row])
+        source = int(src_lengths[row])
+        row_gates = None
+        if gates is not None:
+            temporal = (
+                None if gates.temporal is None else gates.temporal[row, :source].float().cpu()
+            )
+            row_gates = GateValues(gates.channel[row].float().cpu(), temporal)
         result.append(
             Hypothesis(
-                row_ids[:length],
-                scores_list[row],
-                attention[row, :rows, : int(src_lengths[row])],
+                row_ids[:length], scores_list[row], attention[row, :rows, :source], row_gates
             )
         )
     return result

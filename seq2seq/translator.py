@@ -20,6 +20,7 @@ from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import DecodeConfig, config_from_dict
 from seq2seq.data import Batch, collate, make_batches
 from seq2seq.errors import UserError, is_out_of_memory
+from seq2seq.gates import GateValues
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search, max_output_lengths
 from seq2seq.tokenizer import AnyTokenizer, make_tokenizers
@@ -35,6 +36,8 @@ class Translation:
     attention: Tensor  # [len(tokens) + 1, len(source_tokens) + 2]: rows output (+<eos>),
     #                    columns <sos> source <eos>
     truncated: bool = False  # the source was longer than decode.max_source_length
+    gates: GateValues | None = None  # encoder gate values (channel [2H], temporal
+    #                                  [len(source_tokens) + 2]) when the model has a gate
 
     def alignment(self) -> list[int]:
         """For each output token, the index of the source token it attends to most."""
@@ -158,7 +161,7 @@ class Translator:
         """Ids -> tokens -> text, replacing <unk> from the source if asked to."""
         tokens = self.trg_vocab.decode(hypothesis.tokens)
         translation = Translation(
-            "", tokens, source, hypothesis.score, hypothesis.attention, truncated
+            "", tokens, source, hypothesis.score, hypothesis.attention, truncated, hypothesis.gates
         )
         if self.decode.replace_unk and not self.trg_tokenizer.subword:  # pieces are never <unk>
             translation.tokens = replace_unknown(tokens, source, translation.alignment())

@@ -201,7 +201,8 @@ def test_padding_embedding_is_not_trained() -> None:
     assert torch.all(model.decoder.embedding.weight.grad[PAD] == 0)
 
 
-def test_a_tiny_model_learns_a_few_pairs_by_heart() -> None:
+@pytest.mark.parametrize("gate", ["none", "se", "cbam"])
+def test_a_tiny_model_learns_a_few_pairs_by_heart(gate: str) -> None:
     sources = read_lines(TOY_DATA / "train.de")[:6]
     targets = read_lines(TOY_DATA / "train.en")[:6]
     src_tokens = Tokenizer("de").tokenize(sources)
@@ -214,6 +215,8 @@ def test_a_tiny_model_learns_a_few_pairs_by_heart() -> None:
 
     torch.manual_seed(0)
     config = tiny_model_config(embedding=24, hidden=32, decoder_embedding=24, decoder_hidden=32)
+    encoder = config.encoder.model_copy(update={"gate": gate, "gate_reduction": 4})
+    config = config.model_copy(update={"encoder": encoder})
     model = Seq2Seq(config, len(src_vocab), len(trg_vocab))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     model.train()
