@@ -62,7 +62,7 @@ def train(
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
-    resolved, _ = resolve_run(config, set_ or [], run_dir, resume)
+    resolved = resolve_run(config, set_ or [], run_dir, resume)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
     try:
         folder = run_training(resolved, overwrite=overwrite, resume=resume)

@@ -9,6 +9,8 @@
   seed and epoch), so an interrupted run resumes into the same result bit for bit (CPU).
 - Ctrl-C / SIGTERM finish the current step, save last.pt and raise `Interrupted`.
 - metrics.jsonl and curves.png in the run folder.
+- Under torchrun, DistributedDataParallel: each rank trains an equal share of every step's
+  batches; rank 0 alone validates and writes (distributed.py).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Progress:
     """Where the run is; saved in every training checkpoint."""
 
     epoch: int = 1  # the epoch being trained (1-based)
-    batches_done: int = 0  # batches of this epoch already trained
+    batches_done: int = 0  # position in this epoch's batch order (all ranks together)
     step: int = 0  # optimizer steps taken
     elapsed: float = 0.0  # training seconds over all sessions of this run
     best: float | None = None  # best validation score so far, signed so higher is better
@@ -105,7 +107,7 @@ def log(message: str) -> None:
 
 def resolve_run(
     config_path: Path | None, overrides: list[str], run_dir: Path | None, resume: bool
-) -> tuple[Config, Path]:
+) -> Config:
     """The config and run folder for `seq2seq train` (with --config and/or --run-dir)."""
     if config_path is None:
         if not (resume and run_dir):
@@ -116,7 +118,7 @@ def resolve_run(
         config = config.model_copy(
             update={"train": config.train.model_copy(update={"run_dir": str(run_dir)})}
         )
-    return config, Path(config.train.run_dir)
+    return config
 
 
 def train(config: Config, overwrite: bool = False, resume: bool = False) -> Path:
