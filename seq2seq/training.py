@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -213,6 +214,7 @@ class Trainer:
                     (run_dir / name).unlink(missing_ok=True)
                 for old in run_dir.glob("ckpt-step*.pt"):
                     old.unlink()
+                shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
             run_dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier(self.context)
         return payload
