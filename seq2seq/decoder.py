@@ -90,14 +90,15 @@ class Decoder(nn.Module):
         """
         steps = trg_in.size(1)
         gold = self.embed(trg_in)  # [B,T,E], all steps at once
-        # [T] coin flips, drawn only for a ratio strictly between 0 and 1: evaluation
-        # (ratio 1 or 0) never touches the RNG.
+        # T coin flips, as Python bools so the step loop reads them without tensor ops;
+        # drawn only for a ratio strictly between 0 and 1: evaluation (ratio 1 or 0)
+        # never touches the RNG.
         if teacher_forcing >= 1.0:
-            forced = torch.ones(steps, dtype=torch.bool)
+            forced = [True] * steps
         elif teacher_forcing <= 0.0:
-            forced = torch.zeros(steps, dtype=torch.bool)
+            forced = [False] * steps
         else:
-            forced = torch.rand(steps) < teacher_forcing
+            forced = (torch.rand(steps) < teacher_forcing).tolist()
         states, contexts, inputs = [], [], []
         embedded = gold[:, 0]
         for t in range(steps):
