@@ -26,8 +26,15 @@ class Batch:
     indices: list[int]  # position of each row in the corpus
 
     def to(self, device: torch.device) -> Batch:
-        trg = None if self.trg is None else self.trg.to(device, non_blocking=True)
-        return Batch(self.src.to(device, non_blocking=True), self.src_lengths, trg, self.indices)
+        """The batch on `device`; to a GPU through pinned memory, copied asynchronously."""
+
+        def move(tensor: Tensor) -> Tensor:
+            if device.type == "cuda":
+                tensor = tensor.pin_memory()
+            return tensor.to(device, non_blocking=True)
+
+        trg = None if self.trg is None else move(self.trg)
+        return Batch(move(self.src), self.src_lengths, trg, self.indices)
 
     @property
     def target_tokens(self) -> int:
