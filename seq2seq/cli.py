@@ -221,7 +221,10 @@ def translate(
         numbered = enumerate(_stdin_lines(interactive), 1)
         lines = (decode_line(raw, f"<stdin>:{n}") for n, raw in numbered)
     if plot_attention:
-        plot_attention.mkdir(parents=True, exist_ok=True)
+        try:
+            plot_attention.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"{plot_attention}: cannot create: {error.strerror or error}") from None
     sink = _open_output(output) if output else sys.stdout
     index = 0
     try:

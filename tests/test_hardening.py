@@ -163,6 +163,14 @@ def test_arbitrary_bytes_through_the_command(toy_checkpoint: Path, tmp_path: Pat
     assert result.stdout.count(b"\n") == text.count("\n") == 300
 
 
+def test_attention_pictures_into_an_impossible_folder(toy_checkpoint: Path, tmp_path: Path, cli):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--plot-attention", blocker / "att",
+                         input=b"Ein Hund.\n")  # fmt: skip
+    one_error_line(code, err, "cannot create")
+
+
 def test_stdin_closed_at_once(toy_checkpoint: Path, cli):
     code, out, err = cli("translate", "-m", toy_checkpoint, input=b"")
     assert code == 0 and out == "", err
