@@ -24,11 +24,13 @@ from seq2seq.runlog import METRICS_FILE, read_metrics
 from seq2seq.translator import Translator
 
 
-def machine() -> str:
+def machine(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def rows(run_dir: Path, data: Path, beams: list[int], alpha: float) -> list[str]:
+def rows(run_dir: Path, data: Path, beams: list[int], alpha: float, device: str) -> list[str]:
     records = read_metrics(run_dir / METRICS_FILE)
     valid = [r for r in records if r["kind"] == "valid"]
     epochs = max(r["epoch"] for r in valid) if valid else 0
@@ -46,7 +48,7 @@ def rows(run_dir: Path, data: Path, beams: list[int], alpha: float) -> list[str]
     )
     lines, signatures = [], set()
     for name, path in models.items():
-        translator = Translator.from_checkpoint(path, "cpu")
+        translator = Translator.from_checkpoint(path, device)
         for beam in beams:
             translator.decode = translator.decode.model_copy(
                 update={"beam_size": beam, "alpha": alpha if beam > 1 else 0.0}
@@ -57,7 +59,7 @@ def rows(run_dir: Path, data: Path, beams: list[int], alpha: float) -> list[str]
             lines.append(
                 f"| {run_dir.name} | {name} | {search} | {result.perplexity:.2f} | "
                 f"{result.free_running_perplexity:.2f} | {s.tokenized_bleu:.2f} | {s.bleu:.2f} | "
-                f"{s.chrf:.2f} | {epochs} | {minutes:.1f} min | {machine()} |"
+                f"{s.chrf:.2f} | {epochs} | {minutes:.1f} min | {machine(device)} |"
             )
             signatures.update({f"BLEU {s.bleu_signature}", f"chrF {s.chrf_signature}"})
     return [*lines, "", *sorted(signatures)]
@@ -69,8 +71,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder with the test split")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--alpha", type=float, default=0.6)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
-    print("\n".join(rows(args.run_dir, args.data, args.beams, args.alpha)))
+    print("\n".join(rows(args.run_dir, args.data, args.beams, args.alpha, args.device)))
 
 
 if __name__ == "__main__":

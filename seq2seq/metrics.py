@@ -15,7 +15,7 @@ from seq2seq.tokenizer import Tokenizer
 class Scores:
     bleu: float  # sacreBLEU on detokenized hypotheses vs raw references
     chrf: float
-    tokenized_bleu: float  # corpus BLEU-4 over the tokens (tutorial-style)
+    tokenized_bleu: float  # corpus BLEU-4 over lowercased spaCy tokens (tutorial-style)
     bleu_signature: str
     chrf_signature: str
 
@@ -26,19 +26,24 @@ class Scores:
 def score_corpus(hypotheses: list[str], references: list[str], tokenizer: Tokenizer) -> Scores:
     """Score detokenized hypotheses against raw reference lines.
 
-    Tokenized BLEU re-tokenizes both sides with the model's target tokenizer (lowercased
-    when the model lowercases), so it is the same measure for any hypothesis text:
-    a word model's output, a subword model's, or a file of translations."""
+    Tokenized BLEU re-tokenizes both sides with the target language's spaCy tokenizer and
+    lowercases the tokens (DESIGN.md: the tutorial's measure), so it is the same measure
+    for any hypothesis text: a cased or lowercased word model's output, a subword
+    model's, or a file of translations."""
     bleu, chrf = BLEU(), CHRF()
     return Scores(
         bleu=bleu.corpus_score(hypotheses, [references]).score,
         chrf=chrf.corpus_score(hypotheses, [references]).score,
         tokenized_bleu=tokenized_bleu(
-            tokenizer.tokenize(hypotheses), tokenizer.tokenize(references)
+            lowercased(hypotheses, tokenizer), lowercased(references, tokenizer)
         ),
         bleu_signature=str(bleu.get_signature()),
         chrf_signature=str(chrf.get_signature()),
     )
+
+
+def lowercased(lines: list[str], tokenizer: Tokenizer) -> list[list[str]]:
+    return [[token.lower() for token in tokens] for tokens in tokenizer.tokenize(lines)]
 
 
 def tokenized_bleu(hypotheses: list[list[str]], references: list[list[str]]) -> float:

@@ -44,21 +44,23 @@ def test_bleu_is_standard_sacrebleu() -> None:
     assert 0 < scores.bleu < 100
 
 
-def test_bleu_is_case_sensitive() -> None:
+def test_bleu_is_case_sensitive_and_tokenized_bleu_is_not() -> None:
     lowered = [r.lower() for r in REFERENCES]
-    assert score_corpus(lowered, REFERENCES, ENGLISH).bleu < 100
+    scores = score_corpus(lowered, REFERENCES, ENGLISH)
+    assert scores.bleu < 100
+    assert scores.tokenized_bleu == pytest.approx(100.0)  # lowercased tokens, as DESIGN.md
 
 
 def test_tokenized_bleu_retokenizes_with_the_model_tokenizer() -> None:
     assert ENGLISH.tokenize(REFERENCES) == TOKENS
+    # The same words glued differently: BLEU over the text's own spaces would differ.
     hypotheses = [
-        "a man rides a bike.",
-        "Two dogs play in the snow.",
-        "A woman sleeps on the grass.",
+        "a man rides a bike .",
+        "Two dogs play in the snow .",
+        "A woman sleeps on the grass .",
     ]
-    assert score_corpus(hypotheses, REFERENCES, ENGLISH).tokenized_bleu < 100
-    lowercasing = Tokenizer("en", lowercase=True)
-    assert score_corpus(hypotheses, REFERENCES, lowercasing).tokenized_bleu == pytest.approx(100.0)
+    assert score_corpus(hypotheses, REFERENCES, ENGLISH).tokenized_bleu == pytest.approx(100.0)
+    assert score_corpus(["A man rides a horse."] * 3, REFERENCES, ENGLISH).tokenized_bleu < 100
 
 
 def test_tokenized_bleu_uses_the_given_tokens() -> None:
