@@ -43,59 +43,106 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- the tutorial's computation, on our model's parameters ---------------------------------
+# Operation for operation the tutorial's code (its Attention, Decoder, Seq2Seq.forward and
+# translate_sentence): time-major tensors, the state repeated over the source and
+# concatenated with every encoder output at every step, an nn.GRU called on one step,
+# the output projection inside the step loop into a preallocated outputs tensor,
+# teacher forcing drawn per step. Only the weights are ours (shared, not copied), so
+# tests/test_benchmark.py can check that it computes exactly our model's function.
 
 
-def tutorial_attention(model: Seq2Seq, state: Tensor, outputs: Tensor, mask: Tensor) -> Tensor:
-    """energy = tanh(W [s; h] + b) recomputed over every source position at every step."""
-    attention = model.decoder.attention
-    weight = torch.cat([attention.query_projection.weight, attention.key_projection.weight], 1)
-    repeated = state.unsqueeze(1).expand(-1, outputs.size(1), -1)  # [B,S,D]
-    energy = torch.tanh(
-        torch.nn.functional.linear(
-            torch.cat([repeated, outputs], dim=2), weight, attention.key_projection.bias
+class TutorialDecoder:
+    def __init__(self, model: Seq2Seq):
+        decoder = model.decoder
+        self.model, self.decoder = model, decoder
+        self.join_attention_weight()
+        cell = decoder.rnn
+        self.rnn = torch.nn.GRU(cell.input_size, cell.hidden_size)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            setattr(self.rnn, f"{name}_l0", getattr(cell, name))  # shared parameters
+
+    def join_attention_weight(self) -> None:
+        """The tutorial's attn = Linear(D + 2H, D) over cat(hidden, outputs) is our W_q and
+        W_k side by side; joined once per batch (after each optimizer step)."""
+        attention = self.decoder.attention
+        weights = [attention.query_projection.weight, attention.key_projection.weight]
+        self.attn_weight = torch.cat(weights, dim=1)
+
+    def attention(self, hidden: Tensor, encoder_outputs: Tensor, mask: Tensor) -> Tensor:
+        """hidden [B,D], encoder_outputs [S,B,2H], mask [B,S] -> [B,S] (tutorial's Attention)."""
+        src_len = encoder_outputs.shape[0]
+        hidden = hidden.unsqueeze(1).repeat(1, src_len, 1)
+        encoder_outputs = encoder_outputs.permute(1, 0, 2)
+        energy = torch.tanh(
+            torch.nn.functional.linear(
+                torch.cat((hidden, encoder_outputs), dim=2),
+                self.attn_weight,
+                self.decoder.attention.key_projection.bias,
+            )
         )
-    )
-    scores = attention.energy_weight(energy).squeeze(2).masked_fill(~mask, -1e10)
-    return torch.softmax(scores, dim=1)
+        attention = self.decoder.attention.energy_weight(energy).squeeze(2)
+        attention = attention.masked_fill(mask == 0, -1e10)
+        return torch.softmax(attention, dim=1)
+
+    def __call__(self, input: Tensor, hidden: Tensor, encoder_outputs: Tensor, mask: Tensor):
+        """The tutorial's Decoder.forward: one step for tokens [B], state [B,D]."""
+        input = input.unsqueeze(0)
+        embedded = self.decoder.dropout(self.decoder.embedding(input))  # [1,B,E]
+        a = self.attention(hidden, encoder_outputs, mask).unsqueeze(1)  # [B,1,S]
+        weighted = torch.bmm(a, encoder_outputs.permute(1, 0, 2)).permute(1, 0, 2)  # [1,B,2H]
+        rnn_input = torch.cat((embedded, weighted), dim=2)
+        output, hidden = self.rnn(rnn_input, hidden.unsqueeze(0))
+        embedded, output, weighted = embedded.squeeze(0), output.squeeze(0), weighted.squeeze(0)
+        prediction = self.decoder.output(torch.cat((output, weighted, embedded), dim=1))
+        return prediction, hidden.squeeze(0), a.squeeze(1)
 
 
-def tutorial_step(model: Seq2Seq, token: Tensor, state: Tensor, outputs: Tensor, mask: Tensor):
-    decoder = model.decoder
-    embedded = decoder.dropout(decoder.embedding(token))
-    weights = tutorial_attention(model, state, outputs, mask)
-    context = torch.bmm(weights.unsqueeze(1), outputs).squeeze(1)
-    state = decoder.rnn(torch.cat([embedded, context], dim=1), state)
-    return decoder.output(torch.cat([state, context, embedded], dim=1)), state
-
-
-def tutorial_forward(model: Seq2Seq, src: Tensor, lengths: Tensor, trg: Tensor, ratio: float):
-    """The tutorial's Seq2Seq.forward: per-step attention, projection and teacher forcing."""
-    outputs, state = model.encoder(src, lengths)
+def tutorial_forward(
+    decoder: TutorialDecoder, src: Tensor, lengths: Tensor, trg: Tensor, ratio: float
+) -> Tensor:
+    """The tutorial's Seq2Seq.forward (batch-major in, logits [B,T-1,V] out)."""
+    decoder.join_attention_weight()
+    encoder_outputs, hidden = decoder.model.encoder(src, lengths)
+    encoder_outputs = encoder_outputs.transpose(0, 1)  # the tutorial's [S,B,2H]
+    trg = trg.t()  # [T,B]
+    trg_len, batch_size = trg.shape
+    outputs = torch.zeros(trg_len, batch_size, decoder.decoder.output.out_features)
     mask = src != PAD
-    token, predictions = trg[:, 0], []
-    for t in range(1, trg.size(1)):
-        logits, state = tutorial_step(model, token, state, outputs, mask)
-        predictions.append(logits)
-        token = trg[:, t] if random.random() < ratio else logits.argmax(1)
-    return torch.stack(predictions, dim=1)
+    input = trg[0, :]
+    for t in range(1, trg_len):
+        output, hidden, _ = decoder(input, hidden, encoder_outputs, mask)
+        outputs[t] = output
+        teacher_force = random.random() < ratio
+        top1 = output.argmax(1)
+        input = trg[t] if teacher_force else top1
+    return outputs[1:].transpose(0, 1)
 
 
-@torch.no_grad()
-def tutorial_translate(translator: Translator, sentence: str, max_len: int = 50) -> str:
-    """The tutorial's translate_sentence: one sentence, greedy, up to 50 tokens."""
-    model = translator.model
+def tutorial_translate(decoder: TutorialDecoder, translator: Translator, sentence: str) -> str:
+    """The tutorial's translate_sentence (one sentence, greedy, max_len 50), with our
+    tokenizer and detokenizer around it."""
+    max_len = 50
     tokens = translator.src_tokenizer.tokenize([sentence])[0]
-    src = torch.tensor([translator.src_vocab.encode(tokens)])
-    outputs, state = model.encoder(src, torch.tensor([src.size(1)]))
-    mask = src != PAD
-    token, result = torch.tensor([SOS]), []
-    for _ in range(max_len):
-        logits, state = tutorial_step(model, token, state, outputs, mask)
-        token = logits.argmax(1)
-        if int(token) == EOS:
+    src_indexes = translator.src_vocab.encode(tokens)
+    src_tensor = torch.LongTensor(src_indexes).unsqueeze(0)
+    src_len = torch.LongTensor([len(src_indexes)])
+    with torch.no_grad():
+        encoder_outputs, hidden = decoder.model.encoder(src_tensor, src_len)
+    encoder_outputs = encoder_outputs.transpose(0, 1)
+    mask = src_tensor != PAD
+    trg_indexes = [SOS]
+    attentions = torch.zeros(max_len, 1, len(src_indexes))
+    for i in range(max_len):
+        trg_tensor = torch.LongTensor([trg_indexes[-1]])
+        with torch.no_grad():
+            output, hidden, attention = decoder(trg_tensor, hidden, encoder_outputs, mask)
+        attentions[i] = attention
+        pred_token = output.argmax(1).item()
+        trg_indexes.append(pred_token)
+        if pred_token == EOS:
             break
-        result.append(int(token))
-    return translator.trg_tokenizer.detokenize(translator.trg_vocab.decode(result))
+    ids = trg_indexes[1:-1] if trg_indexes[-1] == EOS else trg_indexes[1:]
+    return translator.trg_tokenizer.detokenize(translator.trg_vocab.decode(ids))
 
 
 # -- measurements ----------------------------------------------------------------------------
@@ -188,7 +235,8 @@ def benchmark_training(config: Config, data: Path, windows: int, window_batches:
         return tokens / (time.perf_counter() - started)
 
     ours = lambda b: model(b.src, b.src_lengths, b.trg[:, :-1], ratio)  # noqa: E731
-    tutorial = lambda b: tutorial_forward(model, b.src, b.src_lengths, b.trg, ratio)  # noqa: E731
+    decoder = TutorialDecoder(model)
+    tutorial = lambda b: tutorial_forward(decoder, b.src, b.src_lengths, b.trg, ratio)  # noqa: E731
     # The tutorial trains in fp32; ours is measured in fp32 and with bf16 autocast
     # (train.precision: bf16), which runs the matrix multiplies on AMX/AVX512-BF16 units.
     variants = {
@@ -236,6 +284,7 @@ def benchmark_training(config: Config, data: Path, windows: int, window_batches:
 
 def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats: int) -> None:
     translator = Translator.from_checkpoint(checkpoint, "cpu")
+    decoder = TutorialDecoder(translator.model)
     settings = load_checkpoint(checkpoint)["config"]["data"]
     lines = read_lines(split_path(data, settings["test"], settings["src_lang"]))[:sentences]
 
@@ -250,7 +299,7 @@ def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats:
 
     runs = {
         "tutorial greedy, one sentence at a time": lambda: [
-            tutorial_translate(translator, line) for line in lines
+            tutorial_translate(decoder, translator, line) for line in lines
         ],
         "greedy, batch 1": ours(1, 1),
         "greedy, batch 64": ours(1, 64),

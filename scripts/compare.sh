@@ -30,9 +30,8 @@ declare -A RUNS=(
   [gate-se]="$RECOMMENDED --set model.encoder.gate=se"
   [gate-cbam]="$RECOMMENDED --set model.encoder.gate=cbam"
   [tutorial-seed-1234]="$TUTORIAL"
-  [tutorial-seed-1]="$TUTORIAL --set seed=1"
-  [tutorial-seed-2]="$TUTORIAL --set seed=2"
 )
+for seed in 1 2 3 4 5 6 7; do RUNS[tutorial-seed-$seed]="$TUTORIAL --set seed=$seed"; done
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=(word sp-unigram-4k sp-unigram-8k sp-bpe-8k sp-unigram-joint-10k
   gate-se gate-cbam tutorial-seed-1234 tutorial-seed-1 tutorial-seed-2)

@@ -37,32 +37,46 @@ def greedy_search(
     """Pick the most probable token at every step, for all sentences of a batch at once.
 
     src [B,S], src_lengths [B], max_lengths [B]. A sentence stops at <eos> or at its
-    maximum length; the loop stops when every sentence has stopped.
+    maximum length and leaves the decoder batch, so later steps compute only the R
+    sentences still running; the loop stops when none is.
     """
     memory, state = model.encode(src, src_lengths)
-    batch_size = src.size(0)
-    max_lengths = max_lengths.to(src.device)
-    tokens = torch.full((batch_size,), SOS, dtype=torch.long, device=src.device)
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=src.device)
-    scores = torch.zeros(batch_size, device=src.device)
+    gates = memory.gates  # of the whole batch (memory shrinks to the running rows)
+    batch_size, device = src.size(0), src.device
+    max_lengths = max_lengths.to(device)
+    running = torch.arange(batch_size, device=device)  # [R] batch row of each running row
+    tokens = torch.full((batch_size,), SOS, dtype=torch.long, device=device)  # [R]
+    scores = torch.zeros(batch_size, device=device)
     emitted, attention = [], []
     for t in range(int(max_lengths.max())):
-        log_probs, state, weights = model.decoder.step(tokens, state, memory)
-        best, tokens = log_probs.max(dim=1)  # [B], [B]
-        tokens = tokens.masked_fill(finished, EOS)  # a stopped sentence only repeats <eos>
-        scores += best.masked_fill(finished, 0.0)
-        emitted.append(tokens)
-        attention.append(weights)
-        finished |= (tokens == EOS) | (t + 1 >= max_lengths)
-        if bool(finished.all()):
-            break
+        log_probs, state, weights = model.decoder.step(tokens, state, memory)  # [R,V]
+        best, tokens = log_probs.max(dim=1)  # [R], [R]
+        scores.index_add_(0, running, best)
+        # Full-batch records: a stopped sentence only repeats <eos> (cut off later).
+        emitted.append(
+            torch.full_like(scores, EOS, dtype=torch.long).index_copy_(0, running, tokens)
+        )
+        attention.append(
+            weights.new_zeros(batch_size, weights.size(1)).index_copy_(0, running, weights)
+        )
+        going = (tokens != EOS) & (t + 1 < max_lengths[running])  # [R]
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            keep = going.nonzero().squeeze(1)
+            running, tokens, state, memory = (
+                running[keep],
+                tokens[keep],
+                state[keep],
+                memory.select(keep),
+            )
     return _hypotheses(
         torch.stack(emitted, 1),
         scores,
         torch.stack(attention, 1),
         src_lengths,
         max_lengths,
-        memory.gates,
+        gates,
     )
 
 
@@ -85,46 +99,73 @@ def beam_search(
 
     The B*K beams are rows of one decoder batch. Candidates are ranked by their summed
     log-probability divided by the length penalty. A finished beam stays in the beam
-    with exactly one continuation, <eos> at no cost, so its score and length freeze;
-    the search ends when every beam of every sentence has finished. Returns, per
+    with exactly one continuation, <eos> at no cost, so its score and length freeze.
+    A sentence whose beams have all finished leaves the decoder batch; the search ends
+    when every sentence has. Returns, per
     sentence, the `nbest` best hypotheses, best first.
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 1 and the beam size, got {nbest}")
     memory, state = model.encode(src, src_lengths)
+    gates = memory.gates
     batch_size, device = src.size(0), src.device
+    beams = torch.arange(beam_size, device=device)
     rows = torch.arange(batch_size, device=device).repeat_interleave(beam_size)  # [B*K]
-    memory, state = memory.select(rows), state[rows]
+    memory, state = memory.select(rows), state[rows]  # [B*K,...]
     max_lengths = max_lengths.to(device)[rows]  # [B*K]
-    tokens = torch.full((batch_size * beam_size,), SOS, dtype=torch.long, device=device)
+    # Full-batch records, over the B*K rows (sentence b's beams are rows b*K ... b*K+K-1):
     scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam at the start, so the first step picks K distinct tokens
     lengths = torch.zeros(batch_size * beam_size, dtype=torch.long, device=device)
     finished = torch.zeros(batch_size * beam_size, dtype=torch.bool, device=device)
-    first_row = (torch.arange(batch_size, device=device) * beam_size).unsqueeze(1)  # [B,1]
+    # A sentence whose K beams have all finished leaves the decoder batch: the decoder
+    # works on the R sentences still running, whose rows of the records are `running_rows`.
+    running = torch.arange(batch_size, device=device)  # [R] sentences still running
+    running_rows = rows * beam_size + beams.repeat(batch_size)  # [R*K] = 0 ... B*K-1
+    tokens = torch.full((batch_size * beam_size,), SOS, dtype=torch.long, device=device)
     frozen = None  # [V] log-probs of a finished beam: 0 for <eos>, -inf elsewhere
     emitted, origins, attention = [], [], []
     for _ in range(int(max_lengths.max())):
-        log_probs, state, weights = model.decoder.step(tokens, state, memory)  # [B*K,V]
-        vocab_size = log_probs.size(1)
+        log_probs, state, weights = model.decoder.step(tokens, state, memory)  # [R*K,V]
+        count, vocab_size = running.size(0), log_probs.size(1)
         if frozen is None:
             frozen = torch.full((vocab_size,), float("-inf"), device=device)
             frozen[EOS] = 0.0
-        log_probs = torch.where(finished.unsqueeze(1), frozen, log_probs)
-        grown = lengths + (~finished).long()  # [B*K] lengths after this step
-        totals = scores.view(-1, 1) + log_probs  # [B*K,V] summed log-probs
-        ranked = (totals / length_penalty(grown, alpha).unsqueeze(1)).view(batch_size, -1)
-        best = ranked.topk(beam_size, dim=1).indices  # [B,K] into the K*V candidates
-        previous = (best // vocab_size + first_row).view(-1)  # [B*K] row each beam extends
+        done = finished[running_rows]  # [R*K]
+        log_probs = torch.where(done.unsqueeze(1), frozen, log_probs)
+        grown = lengths[running_rows] + (~done).long()  # [R*K] lengths after this step
+        totals = scores[running].view(-1, 1) + log_probs  # [R*K,V] summed log-probs
+        ranked = (totals / length_penalty(grown, alpha).unsqueeze(1)).view(count, -1)
+        best = ranked.topk(beam_size, dim=1).indices  # [R,K] into the K*V candidates
+        first = (torch.arange(count, device=device) * beam_size).unsqueeze(1)  # [R,1]
+        previous = (best // vocab_size + first).view(-1)  # [R*K] running row each beam extends
         tokens = (best % vocab_size).view(-1)
-        scores = totals.view(batch_size, -1).gather(1, best)
-        state, lengths = state[previous], grown[previous]
-        finished = finished[previous] | (tokens == EOS) | (lengths >= max_lengths)
-        emitted.append(tokens)
-        origins.append(previous)
-        attention.append(weights[previous])
-        if bool(finished.all()):
-            break
+        scores[running] = totals.view(count, -1).gather(1, best)
+        state = state[previous]
+        lengths[running_rows] = grown[previous]
+        done = (
+            done[previous] | (tokens == EOS) | (lengths[running_rows] >= max_lengths[running_rows])
+        )
+        finished[running_rows] = done
+        # Rows of sentences that left the batch repeat <eos> from themselves.
+        emitted.append(torch.full_like(lengths, EOS).index_copy_(0, running_rows, tokens))
+        origins.append(
+            torch.arange(batch_size * beam_size, device=device).index_copy_(
+                0, running_rows, running_rows[previous]
+            )
+        )
+        attention.append(
+            weights.new_zeros(batch_size * beam_size, weights.size(1)).index_copy_(
+                0, running_rows, weights[previous]
+            )
+        )
+        stopped = done.view(count, beam_size).all(dim=1)  # [R]
+        if bool(stopped.any()):
+            if bool(stopped.all()):
+                break
+            keep = ((~stopped).nonzero() * beam_size + beams).view(-1)  # running rows kept
+            running, running_rows = running[~stopped], running_rows[keep]
+            tokens, state, memory = tokens[keep], state[keep], memory.select(keep)
     # Follow the back-pointers from the final beams to the first step.
     row = torch.arange(batch_size * beam_size, device=device)
     ids, alignments = [], []
@@ -136,14 +177,15 @@ def beam_search(
     attention_tensor = torch.stack(alignments[::-1], dim=1)  # [B*K,T,S]
     normalized = scores.view(-1) / length_penalty(lengths, alpha)  # [B*K]
     order = normalized.view(batch_size, beam_size).argsort(dim=1, descending=True)[:, :nbest]
-    picked = (order + first_row).view(-1)  # [B*nbest]
+    first_rows = (torch.arange(batch_size, device=device) * beam_size).unsqueeze(1)  # [B,1]
+    picked = (order + first_rows).view(-1)  # [B*nbest]
     flat = _hypotheses(
         ids_tensor[picked],
         normalized[picked],
         attention_tensor[picked],
         src_lengths.repeat_interleave(nbest),
         max_lengths[picked],
-        None if memory.gates is None else memory.gates.select(picked),
+        None if gates is None else gates.select(rows[picked]),
     )
     return [flat[i * nbest : (i + 1) * nbest] for i in range(batch_size)]
 

@@ -75,6 +75,24 @@ def test_beam_respects_max_lengths():
     assert all(len(h.tokens) <= 3 for h in beams[1])
 
 
+def test_finished_sentences_leave_the_decoder_batch(monkeypatch: pytest.MonkeyPatch):
+    model = tiny_model(scale=0.8)
+    rows_per_step = []
+    step = model.decoder.step
+
+    def counting_step(tokens, state, memory):
+        rows_per_step.append(tokens.size(0))
+        return step(tokens, state, memory)
+
+    monkeypatch.setattr(model.decoder, "step", counting_step)
+    src, src_lengths = _batch([6, 6], seed=3)
+    beam_search(model, src, src_lengths, torch.tensor([1, 4]), beam_size=3)
+    assert rows_per_step == [6, 3, 3, 3], "sentence 0 stops after one token, its 3 beams leave"
+    rows_per_step.clear()
+    greedy_search(model, src, src_lengths, torch.tensor([1, 4]))
+    assert rows_per_step == [2, 1, 1, 1]
+
+
 def test_length_penalty_is_gnmt():
     lengths = torch.tensor([1, 5, 10])
     assert torch.allclose(length_penalty(lengths, 0.0), torch.ones(3))

@@ -21,18 +21,26 @@ STEP_LOG_PROB = CONFIDENCE - math.log(math.exp(CONFIDENCE) + TV - 1)
 
 
 def script(model: Seq2Seq, monkeypatch: pytest.MonkeyPatch, rows: list[list[int]]) -> list:
-    """Make the decoder emit rows[b][t] at step t (token 4 once a row's script ends);
-    returns the list of token tensors the search fed in, one per step."""
+    """Make the decoder emit rows[b][t] at step t for batch row b (token 4 once a row's
+    script ends); returns the list of token tensors the search fed in, one per step.
+    The decoder state carries each row's batch index, since stopped rows leave the batch."""
     fed: list[torch.Tensor] = []
+    encode = model.encode
+
+    def encode_with_row_ids(src: torch.Tensor, src_lengths: torch.Tensor) -> tuple:
+        memory, state = encode(src, src_lengths)
+        return memory, torch.arange(src.size(0)).float().unsqueeze(1).expand_as(state)
 
     def step(tokens: torch.Tensor, state: torch.Tensor, memory) -> tuple:
         t = len(fed)
         fed.append(tokens.clone())
-        ids = torch.tensor([row[t] if t < len(row) else 4 for row in rows])
+        script_rows = [rows[int(b)] for b in state[:, 0]]
+        ids = torch.tensor([row[t] if t < len(row) else 4 for row in script_rows])
         log_probs = torch.log_softmax(torch.nn.functional.one_hot(ids, TV) * CONFIDENCE, dim=1)
         scores = torch.zeros(memory.mask.shape).masked_fill(~memory.mask, float("-inf"))
         return log_probs, state, torch.softmax(scores, dim=1)
 
+    monkeypatch.setattr(model, "encode", encode_with_row_ids)
     monkeypatch.setattr(model.decoder, "step", step)
     return fed
 
@@ -45,7 +53,7 @@ def test_stops_at_eos(monkeypatch: pytest.MonkeyPatch) -> None:
     assert first.tokens == [5, 6] and second.tokens == [8]
     assert len(fed) == 3, "the loop ends once every sentence has emitted <eos>"
     assert fed[0].tolist() == [SOS, SOS] and fed[1].tolist() == [5, 8]
-    assert fed[2].tolist() == [6, EOS]
+    assert fed[2].tolist() == [6], "a stopped sentence leaves the batch"
     assert first.score == pytest.approx(3 * STEP_LOG_PROB)  # <eos> counted, nothing after
     assert second.score == pytest.approx(2 * STEP_LOG_PROB)
     assert first.attention.shape == (3, 5) and second.attention.shape == (2, 3)
