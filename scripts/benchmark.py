@@ -4,13 +4,18 @@ back to back against a faithful reading of the public tutorial's computation.
     python scripts/benchmark.py --config configs/multi30k_de_en_tutorial.yaml \
         --data ../shared/data/multi30k --checkpoint runs/multi30k_de_en_tutorial/best.pt
 
-Training (same model sizes, same batches, same threads):
+Training (same model sizes, same batches, same threads, interleaved timed windows):
+- tutorial: its operations one for one (TutorialDecoder below, on our weights): attention
+  energy recomputed over [state; encoder output] at every step, an nn.GRU called per
+  step, output projection inside the step loop, teacher forcing decided per step; fp32.
 - ours: attention keys once per batch; the output projection of all steps as one matrix
-  multiply after the step loop; the argmax for the next input only on steps that need it.
-- tutorial: attention energy recomputed over [state; encoder output] at every step,
-  output projection inside the step loop, teacher forcing decided per step.
+  multiply after the step loop; the argmax for the next input only on steps that need
+  it; in fp32 and with bf16 autocast (`train.precision: bf16`). --gates se cbam times
+  gated encoders too.
+Also FLOPs per target token and the fraction of the fp32 and bf16 matmul peaks that
+torch reaches here with the same threads.
 Translation of the config's test split, test_2016_flickr (or --sentences of it):
-- tutorial: one sentence at a time, greedy, attention and output projection per step.
+- tutorial: its translate_sentence, one sentence at a time, greedy (on our weights).
 - ours: batched greedy and beam 5 at batch sizes 1 and 64 (through the Translator API,
   tokenization and detokenization included, like the tutorial's loop).
 Prints medians of --repeats timed runs and the ratios, and the peak RSS.
@@ -211,21 +216,28 @@ def matmul_peak(threads: int, dtype: torch.dtype, size: int = 2048, repeats: int
     return 2 * size**3 / seconds
 
 
-def benchmark_training(config: Config, data: Path, windows: int, window_batches: int) -> None:
+def benchmark_training(
+    config: Config, data: Path, windows: int, window_batches: int, gates: list[str]
+) -> None:
     batches, src_size, trg_size, epoch_tokens, epoch_batches = training_batches(
         config, data, window_batches
     )
-    torch.manual_seed(config.seed)
-    model = Seq2Seq(config.model, src_size, trg_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
     ratio = config.train.teacher_forcing
 
-    def window(forward, dtype: torch.dtype | None) -> float:
+    def trainable(gate: str) -> tuple[Seq2Seq, torch.optim.Optimizer]:
+        torch.manual_seed(config.seed)
+        model_config = config.model.model_copy(
+            update={"encoder": config.model.encoder.model_copy(update={"gate": gate})}
+        )
+        model = Seq2Seq(model_config, src_size, trg_size).train()
+        return model, torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
+
+    def window(model: Seq2Seq, optimizer, forward, dtype: torch.dtype | None) -> float:
         tokens = 0
         started = time.perf_counter()
         for batch in batches:
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                logits = forward(batch)
+                logits = forward(model, batch)
                 loss = sequence_loss(logits, batch.trg) / batch.target_tokens
             optimizer.zero_grad()
             loss.backward()
@@ -234,23 +246,30 @@ def benchmark_training(config: Config, data: Path, windows: int, window_batches:
             tokens += batch.target_tokens
         return tokens / (time.perf_counter() - started)
 
-    ours = lambda b: model(b.src, b.src_lengths, b.trg[:, :-1], ratio)  # noqa: E731
+    def ours(model: Seq2Seq, b) -> Tensor:
+        return model(b.src, b.src_lengths, b.trg[:, :-1], ratio)
+
+    model, optimizer = trainable("none")
     decoder = TutorialDecoder(model)
-    tutorial = lambda b: tutorial_forward(decoder, b.src, b.src_lengths, b.trg, ratio)  # noqa: E731
+
+    def tutorial(model: Seq2Seq, b) -> Tensor:
+        return tutorial_forward(decoder, b.src, b.src_lengths, b.trg, ratio)
+
     # The tutorial trains in fp32; ours is measured in fp32 and with bf16 autocast
     # (train.precision: bf16), which runs the matrix multiplies on AMX/AVX512-BF16 units.
     variants = {
-        "tutorial": (tutorial, None),
-        "ours fp32": (ours, None),
-        "ours bf16": (ours, torch.bfloat16),
+        "tutorial": (model, optimizer, tutorial, None),
+        "ours fp32": (model, optimizer, ours, None),
+        "ours bf16": (model, optimizer, ours, torch.bfloat16),
     }
-    model.train()
-    for forward, dtype in variants.values():
-        window(forward, dtype)  # warm-up
+    for gate in gates:  # encoder gates: their own models, ours in bf16
+        variants[f"{gate} bf16"] = (*trainable(gate), ours, torch.bfloat16)
+    for variant in variants.values():
+        window(*variant)  # warm-up
     results: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(windows):  # interleaved, so drift in machine speed hits all alike
-        for name, (forward, dtype) in variants.items():
-            results[name].append(window(forward, dtype))
+        for name, variant in variants.items():
+            results[name].append(window(*variant))
     print(f"training ({window_batches} batches x {windows} windows, teacher forcing {ratio}):")
     baseline = statistics.median(results["tutorial"])
     for name, rates in results.items():
@@ -258,7 +277,8 @@ def benchmark_training(config: Config, data: Path, windows: int, window_batches:
         runs = ", ".join(f"{r:.0f}" for r in rates)
         print(
             f"  {name:10s} {rate:8.0f} target tokens/s {rate / baseline:5.2f}x (median of {runs})"
-            f" -> {epoch_tokens / rate:.0f} s per epoch of {epoch_batches} batches"
+            f" -> {epoch_tokens / rate:.0f} s per epoch of {epoch_batches} batches, "
+            f"{sum(p.numel() for p in variants[name][0].parameters()):,} parameters"
         )
     tokens = sum(batch.target_tokens for batch in batches)
     flops_per_token = training_flops(config, batches, trg_size) / tokens
@@ -272,8 +292,8 @@ def benchmark_training(config: Config, data: Path, windows: int, window_batches:
         f"({threads} threads): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s"
     )
-    for name, rates in results.items():
-        achieved = statistics.median(rates) * flops_per_token
+    for name in ("tutorial", "ours fp32", "ours bf16"):
+        achieved = statistics.median(results[name]) * flops_per_token
         peak = peaks["bf16" if name.endswith("bf16") else "fp32"]
         print(
             f"  {name:10s} {achieved / 1e9:6.1f} GFLOP/s = {achieved / peak:.0%} of the "
@@ -326,12 +346,17 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument(
+        "--gates", nargs="*", default=[], choices=["se", "cbam"], help="also time gated encoders"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     random.seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads")
     if not args.skip_training:
-        benchmark_training(load_config(args.config), args.data, args.windows, args.window_batches)
+        benchmark_training(
+            load_config(args.config), args.data, args.windows, args.window_batches, args.gates
+        )
     if args.checkpoint:
         benchmark_translation(args.checkpoint, args.data, args.sentences, args.repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
