@@ -308,10 +308,10 @@ def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats:
     settings = load_checkpoint(checkpoint)["config"]["data"]
     lines = read_lines(split_path(data, settings["test"], settings["src_lang"]))[:sentences]
 
-    def ours(beam: int, batch: int):
+    def ours(beam: int, batch: int, precision: str = "fp32"):
         def run():
             translator.decode = translator.decode.model_copy(
-                update={"beam_size": beam, "batch_size": batch}
+                update={"beam_size": beam, "batch_size": batch, "precision": precision}
             )
             translator.translate(lines)
 
@@ -323,8 +323,10 @@ def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats:
         ],
         "greedy, batch 1": ours(1, 1),
         "greedy, batch 64": ours(1, 64),
+        "greedy, batch 64, bf16": ours(1, 64, "bf16"),
         "beam 5, batch 1": ours(5, 1),
         "beam 5, batch 64": ours(5, 64),
+        "beam 5, batch 64, bf16": ours(5, 64, "bf16"),
     }
     print(f"translation of {len(lines)} sentences (median of {repeats}):")
     baseline = None

@@ -169,6 +169,9 @@ class DecodeConfig(Section):
     """A translation stops after ratio * source_tokens + offset tokens."""
     max_source_length: int = Field(250, gt=0)
     """Longer inputs are truncated to this many tokens (with a warning)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 runs the search under bf16 autocast: faster on GPUs and on CPUs with AMX or
+    AVX512-BF16, slower elsewhere; scores can differ from fp32 in the last digits."""
 
 
 class Config(Section):

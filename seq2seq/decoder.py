@@ -77,7 +77,9 @@ class Decoder(nn.Module):
         """For search: y_{t-1} [B], s_{t-1} [B,D] -> (log-probs [B,V], s_t [B,D], a_t [B,S])."""
         embedded = self.embed(tokens)
         state, context, weights = self.recur(embedded, state, memory)
-        return torch.log_softmax(self.logits(state, context, embedded), dim=-1), state, weights
+        logits = self.logits(state, context, embedded)
+        # fp32 log-probs also under bf16 autocast: search sums them over many steps.
+        return torch.log_softmax(logits, dim=-1, dtype=torch.float32), state, weights
 
     def forward(
         self, trg_in: Tensor, state: Tensor, memory: Memory, teacher_forcing: float = 1.0

@@ -145,17 +145,20 @@ class Translator:
     def _search(self, batch: Batch, limits: Tensor, nbest: int) -> list[list[Hypothesis]]:
         """Greedy for beam size 1, else beam search: the `nbest` best per sentence."""
         decode = self.decode
-        if decode.beam_size == 1:
-            return [[h] for h in greedy_search(self.model, batch.src, batch.src_lengths, limits)]
-        return beam_search(
-            self.model,
-            batch.src,
-            batch.src_lengths,
-            limits,
-            decode.beam_size,
-            decode.alpha,
-            nbest,
-        )
+        bf16 = decode.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if decode.beam_size == 1:
+                hypotheses = greedy_search(self.model, batch.src, batch.src_lengths, limits)
+                return [[h] for h in hypotheses]
+            return beam_search(
+                self.model,
+                batch.src,
+                batch.src_lengths,
+                limits,
+                decode.beam_size,
+                decode.alpha,
+                nbest,
+            )
 
     def _finish(self, hypothesis: Hypothesis, source: list[str], truncated: bool) -> Translation:
         """Ids -> tokens -> text, replacing <unk> from the source if asked to."""

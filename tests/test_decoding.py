@@ -200,3 +200,29 @@ def test_evaluate_with_beam(toy_checkpoint: Path):
     code, out, err = run_cli(*args, "--beam", "1")
     greedy = json.loads(out)
     assert greedy["beam"] == 1 and greedy["perplexity"] == pytest.approx(beam["perplexity"])
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_bf16_decoding_translates_like_fp32(toy_translator, beam: int):
+    translator = toy_translator
+    original = translator.decode
+    lines = ["Ein Hund läuft im Park.", "", "Zwei Männer tanzen im Schnee."]
+    try:
+        translator.decode = original.model_copy(update={"beam_size": beam})
+        fp32 = translator.translate(lines)
+        translator.decode = original.model_copy(update={"beam_size": beam, "precision": "bf16"})
+        bf16 = translator.translate(lines)
+    finally:
+        translator.decode = original
+    assert [t.text for t in bf16] == [t.text for t in fp32]
+    assert [t.score for t in bf16] == pytest.approx([t.score for t in fp32], abs=0.05)
+
+
+def test_translate_precision_option(toy_checkpoint: Path):
+    code, out, err = run_cli("translate", "-m", toy_checkpoint, "--precision", "bf16",
+                             input="Ein Hund läuft im Park.\n")  # fmt: skip
+    assert code == 0, err
+    assert out == "A dog runs in the park.\n"
+    code, out, err = run_cli("translate", "-m", toy_checkpoint, "--precision", "fp16",
+                             input="Ein Hund.\n")  # fmt: skip
+    assert code == 2 and "--precision" in err and "Traceback" not in err
