@@ -122,6 +122,9 @@ class TrainConfig(Section):
     """Batches whose gradients are summed before each optimizer step."""
     max_steps: int | None = Field(None, gt=0)
     """Stop after this many optimizer steps even if epochs remain."""
+    max_minutes: float | None = Field(None, gt=0.0)
+    """Stop (validate, save) once this many minutes of training have passed, counted as
+    the metrics log's `elapsed` (optimizer steps, validation excluded, over all sessions)."""
     best_metric: Literal["bleu", "chrf", "loss", "free_running_loss"] = "bleu"
     """Validation metric that picks best.pt, drives early stopping and the plateau schedule.
     `free_running_loss` feeds the model its own predictions, as the tutorial validates."""

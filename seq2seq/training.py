@@ -288,8 +288,10 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         # A finished run continues when the config now allows more epochs or steps.
         train = self.config.train
-        self.progress.finished = self.progress.epoch > train.epochs or bool(
-            train.max_steps and self.progress.step >= train.max_steps
+        self.progress.finished = (
+            self.progress.epoch > train.epochs
+            or bool(train.max_steps and self.progress.step >= train.max_steps)
+            or bool(train.max_minutes and self.progress.elapsed >= 60 * train.max_minutes)
         )
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -380,8 +382,10 @@ class Trainer:
                 self._log_train(window_loss / window_tokens, window_tokens / window_seconds)
                 window_seconds, window_tokens, window_loss = 0.0, 0, 0.0
             epoch_done = progress.batches_done >= usable
-            last_step = bool(config.max_steps and progress.step >= config.max_steps) or (
-                epoch_done and progress.epoch == config.epochs
+            last_step = (
+                bool(config.max_steps and progress.step >= config.max_steps)
+                or (epoch_done and progress.epoch == config.epochs)
+                or self._time_is_up()
             )
             due = (
                 progress.step % config.validate_every == 0 if config.validate_every else epoch_done
@@ -451,6 +455,13 @@ class Trainer:
         if config.scheduler == "inverse_sqrt":
             self.scheduler.step()
         return distributed.all_sum([total], context, self.device)[0], tokens
+
+    def _time_is_up(self) -> bool:
+        """train.max_minutes reached, on any rank (ranks' clocks differ: all stop together)."""
+        limit = self.config.train.max_minutes
+        if limit is None:
+            return False
+        return distributed.any_rank(self.progress.elapsed >= 60 * limit, self.context, self.device)
 
     def _end_epoch(self) -> None:
         progress = self.progress

@@ -179,6 +179,18 @@ def test_early_stopping(tmp_path: Path):
     assert load_checkpoint(run_dir / "last.pt")["step"] == 6
 
 
+def test_max_minutes_stops_validates_and_resumes(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    train(config(run_dir, "train.max_minutes=0.00001", "train.epochs=50"))  # under 1 ms
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if r["kind"] == "valid"] == [1]
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 1 and (run_dir / "best.pt").exists()
+    train(config(run_dir, "train.max_minutes=0.00001", "train.epochs=50"), resume=True)
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 1, "time was up: nothing more"
+    train(config(run_dir, "train.max_steps=3", "train.epochs=50"), resume=True)
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 3, "a larger budget continues"
+
+
 def test_inverse_sqrt_warmup(tmp_path: Path):
     run_dir = tmp_path / "run"
     train(
