@@ -25,9 +25,11 @@ def test_tutorial_forward_equals_ours(ratio: float) -> None:
     tutorial = benchmark.tutorial_forward(
         benchmark.TutorialDecoder(model), src, lengths, trg, ratio
     )
+    per_step = benchmark.per_step_output_forward(model, src, lengths, trg, ratio)
     ours = model(src, lengths, trg[:, :-1], ratio)
     assert tutorial.shape == ours.shape
     torch.testing.assert_close(tutorial, ours, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(per_step, ours, rtol=1e-5, atol=1e-5)
 
 
 def test_tutorial_forward_trains_the_same_parameters() -> None:
