@@ -45,6 +45,7 @@ def greedy_search(
     batch_size, device = src.size(0), src.device
     max_lengths = max_lengths.to(device)
     running = torch.arange(batch_size, device=device)  # [R] batch row of each running row
+    limits = max_lengths  # [R]
     tokens = torch.full((batch_size,), SOS, dtype=torch.long, device=device)  # [R]
     scores = torch.zeros(batch_size, device=device)
     emitted, attention = [], []
@@ -59,17 +60,13 @@ def greedy_search(
         attention.append(
             weights.new_zeros(batch_size, weights.size(1)).index_copy_(0, running, weights)
         )
-        going = (tokens != EOS) & (t + 1 < max_lengths[running])  # [R]
+        going = (tokens != EOS) & (t + 1 < limits)  # [R]
         if not bool(going.all()):
             if not bool(going.any()):
                 break
             keep = going.nonzero().squeeze(1)
-            running, tokens, state, memory = (
-                running[keep],
-                tokens[keep],
-                state[keep],
-                memory.select(keep),
-            )
+            running, limits, tokens = running[keep], limits[keep], tokens[keep]
+            state, memory = state[keep], memory.select(keep)
     return _hypotheses(
         torch.stack(emitted, 1),
         scores,
@@ -113,42 +110,41 @@ def beam_search(
     rows = torch.arange(batch_size, device=device).repeat_interleave(beam_size)  # [B*K]
     memory, state = memory.select(rows), state[rows]  # [B*K,...]
     max_lengths = max_lengths.to(device)[rows]  # [B*K]
-    # Full-batch records, over the B*K rows (sentence b's beams are rows b*K ... b*K+K-1):
-    scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
+    # A sentence whose K beams have all finished leaves the decoder batch: the loop works
+    # on the R sentences still running (sentence b's beams are rows b*K ... b*K+K-1 of the
+    # full batch, `running_rows`), and a leaving sentence's scores and lengths are written
+    # into final_scores and final_lengths.
+    running = torch.arange(batch_size, device=device)  # [R]
+    running_rows = torch.arange(batch_size * beam_size, device=device)  # [R*K]
+    scores = torch.full((batch_size, beam_size), float("-inf"), device=device)  # [R,K]
     scores[:, 0] = 0.0  # one live beam at the start, so the first step picks K distinct tokens
-    lengths = torch.zeros(batch_size * beam_size, dtype=torch.long, device=device)
-    finished = torch.zeros(batch_size * beam_size, dtype=torch.bool, device=device)
-    # A sentence whose K beams have all finished leaves the decoder batch: the decoder
-    # works on the R sentences still running, whose rows of the records are `running_rows`.
-    running = torch.arange(batch_size, device=device)  # [R] sentences still running
-    running_rows = rows * beam_size + beams.repeat(batch_size)  # [R*K] = 0 ... B*K-1
+    lengths = torch.zeros(batch_size * beam_size, dtype=torch.long, device=device)  # [R*K]
+    finished = torch.zeros(batch_size * beam_size, dtype=torch.bool, device=device)  # [R*K]
+    limits = max_lengths  # [R*K]
+    final_scores, final_lengths = torch.empty_like(scores), torch.empty_like(lengths)
     tokens = torch.full((batch_size * beam_size,), SOS, dtype=torch.long, device=device)
     frozen = None  # [V] log-probs of a finished beam: 0 for <eos>, -inf elsewhere
     emitted, origins, attention = [], [], []
+    # Every step lengthens each unfinished beam, so all have finished by the last step.
     for _ in range(int(max_lengths.max())):
         log_probs, state, weights = model.decoder.step(tokens, state, memory)  # [R*K,V]
         count, vocab_size = running.size(0), log_probs.size(1)
         if frozen is None:
             frozen = torch.full((vocab_size,), float("-inf"), device=device)
             frozen[EOS] = 0.0
-        done = finished[running_rows]  # [R*K]
-        log_probs = torch.where(done.unsqueeze(1), frozen, log_probs)
-        grown = lengths[running_rows] + (~done).long()  # [R*K] lengths after this step
-        totals = scores[running].view(-1, 1) + log_probs  # [R*K,V] summed log-probs
+        log_probs = torch.where(finished.unsqueeze(1), frozen, log_probs)
+        grown = lengths + (~finished).long()  # [R*K] lengths after this step
+        totals = scores.view(-1, 1) + log_probs  # [R*K,V] summed log-probs
         ranked = (totals / length_penalty(grown, alpha).unsqueeze(1)).view(count, -1)
         best = ranked.topk(beam_size, dim=1).indices  # [R,K] into the K*V candidates
         first = (torch.arange(count, device=device) * beam_size).unsqueeze(1)  # [R,1]
         previous = (best // vocab_size + first).view(-1)  # [R*K] running row each beam extends
         tokens = (best % vocab_size).view(-1)
-        scores[running] = totals.view(count, -1).gather(1, best)
-        state = state[previous]
-        lengths[running_rows] = grown[previous]
-        done = (
-            done[previous] | (tokens == EOS) | (lengths[running_rows] >= max_lengths[running_rows])
-        )
-        finished[running_rows] = done
-        # Rows of sentences that left the batch repeat <eos> from themselves.
-        emitted.append(torch.full_like(lengths, EOS).index_copy_(0, running_rows, tokens))
+        scores = totals.view(count, -1).gather(1, best)
+        state, lengths = state[previous], grown[previous]
+        finished = finished[previous] | (tokens == EOS) | (lengths >= limits)
+        # Full-batch records; rows of sentences that left repeat <eos> from themselves.
+        emitted.append(torch.full_like(max_lengths, EOS).index_copy_(0, running_rows, tokens))
         origins.append(
             torch.arange(batch_size * beam_size, device=device).index_copy_(
                 0, running_rows, running_rows[previous]
@@ -159,13 +155,17 @@ def beam_search(
                 0, running_rows, weights[previous]
             )
         )
-        stopped = done.view(count, beam_size).all(dim=1)  # [R]
+        stopped = finished.view(count, beam_size).all(dim=1)  # [R]
         if bool(stopped.any()):
+            leaving = (stopped.nonzero() * beam_size + beams).view(-1)  # running rows
+            final_scores[running[stopped]] = scores[stopped]
+            final_lengths[running_rows[leaving]] = lengths[leaving]
             if bool(stopped.all()):
                 break
             keep = ((~stopped).nonzero() * beam_size + beams).view(-1)  # running rows kept
-            running, running_rows = running[~stopped], running_rows[keep]
+            running, running_rows, scores = running[~stopped], running_rows[keep], scores[~stopped]
             tokens, state, memory = tokens[keep], state[keep], memory.select(keep)
+            lengths, finished, limits = lengths[keep], finished[keep], limits[keep]
     # Follow the back-pointers from the final beams to the first step.
     row = torch.arange(batch_size * beam_size, device=device)
     ids, alignments = [], []
@@ -175,7 +175,7 @@ def beam_search(
         row = origins[step][row]
     ids_tensor = torch.stack(ids[::-1], dim=1)  # [B*K,T]
     attention_tensor = torch.stack(alignments[::-1], dim=1)  # [B*K,T,S]
-    normalized = scores.view(-1) / length_penalty(lengths, alpha)  # [B*K]
+    normalized = final_scores.view(-1) / length_penalty(final_lengths, alpha)  # [B*K]
     order = normalized.view(batch_size, beam_size).argsort(dim=1, descending=True)[:, :nbest]
     first_rows = (torch.arange(batch_size, device=device) * beam_size).unsqueeze(1)  # [B,1]
     picked = (order + first_rows).view(-1)  # [B*nbest]

@@ -295,12 +295,9 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as error:
             raise UserError(f"{last}: does not fit this config's model ({error})") from None
         self.progress = Progress(**state["progress"])
-        # A finished run continues when the config now allows more epochs or steps.
-        train = self.config.train
+        # A finished run continues when the config now allows more epochs, steps or time.
         self.progress.finished = (
-            self.progress.epoch > train.epochs
-            or bool(train.max_steps and self.progress.step >= train.max_steps)
-            or bool(train.max_minutes and self.progress.elapsed >= 60 * train.max_minutes)
+            self.progress.epoch > self.config.train.epochs or self._budget_spent()
         )
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -391,11 +388,7 @@ class Trainer:
                 self._log_train(window_loss / window_tokens, window_tokens / window_seconds)
                 window_seconds, window_tokens, window_loss = 0.0, 0, 0.0
             epoch_done = progress.batches_done >= usable
-            last_step = (
-                bool(config.max_steps and progress.step >= config.max_steps)
-                or (epoch_done and progress.epoch == config.epochs)
-                or self._time_is_up()
-            )
+            last_step = (epoch_done and progress.epoch == config.epochs) or self._budget_spent()
             due = (
                 progress.step % config.validate_every == 0 if config.validate_every else epoch_done
             )
@@ -465,12 +458,16 @@ class Trainer:
             self.scheduler.step()
         return distributed.all_sum([total], context, self.device)[0], tokens
 
-    def _time_is_up(self) -> bool:
-        """train.max_minutes reached, on any rank (ranks' clocks differ: all stop together)."""
-        limit = self.config.train.max_minutes
-        if limit is None:
+    def _budget_spent(self) -> bool:
+        """train.max_steps or train.max_minutes reached. Time is agreed on by all ranks
+        (their clocks differ, they must stop together); steps are the same everywhere."""
+        train, progress = self.config.train, self.progress
+        if train.max_steps and progress.step >= train.max_steps:
+            return True
+        if train.max_minutes is None:
             return False
-        return distributed.any_rank(self.progress.elapsed >= 60 * limit, self.context, self.device)
+        spent = progress.elapsed >= 60 * train.max_minutes
+        return distributed.any_rank(spent, self.context, self.device)
 
     def _end_epoch(self) -> None:
         progress = self.progress
