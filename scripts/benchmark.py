@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from seq2seq.checkpoint import load_checkpoint
+from seq2seq.checkpoint import load_checkpoint, saved_config
 from seq2seq.config import Config, load_config
 from seq2seq.corpus import read_lines, split_path
 from seq2seq.data import collate, make_batches
@@ -143,8 +143,8 @@ def tutorial_translate(decoder: TutorialDecoder, translator: Translator, sentenc
     """The tutorial's translate_sentence (one sentence, greedy, max_len 50), with our
     tokenizer and detokenizer around it."""
     max_len = 50
-    tokens = translator.src_tokenizer.tokenize([sentence])[0]
-    src_indexes = translator.src_vocab.encode(tokens)
+    tokens = translator.src.tokenize([sentence])[0]
+    src_indexes = translator.src.vocab.encode(tokens)
     src_tensor = torch.LongTensor(src_indexes).unsqueeze(0)
     src_len = torch.LongTensor([len(src_indexes)])
     with torch.no_grad():
@@ -163,7 +163,7 @@ def tutorial_translate(decoder: TutorialDecoder, translator: Translator, sentenc
         if pred_token == EOS:
             break
     ids = trg_indexes[1:-1] if trg_indexes[-1] == EOS else trg_indexes[1:]
-    return translator.trg_tokenizer.detokenize(translator.trg_vocab.decode(ids))
+    return translator.trg.detokenize(translator.trg.tokens(ids))
 
 
 # -- measurements ----------------------------------------------------------------------------
@@ -328,16 +328,15 @@ def benchmark_training(
 
 def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats: int) -> None:
     translator = Translator.from_checkpoint(checkpoint, "cpu")
-    decoder = TutorialDecoder(translator.model)
-    settings = load_checkpoint(checkpoint)["config"]["data"]
-    lines = read_lines(split_path(data, settings["test"], settings["src_lang"]))[:sentences]
+    decoder = TutorialDecoder(translator.models[0])
+    settings = saved_config(load_checkpoint(checkpoint), str(checkpoint)).data
+    lines = read_lines(split_path(data, settings.test, settings.src_lang))[:sentences]
 
     def ours(beam: int, batch: int, precision: str = "fp32"):
+        decode = translator.decode.updated(beam_size=beam, batch_size=batch, precision=precision)
+
         def run():
-            translator.decode = translator.decode.model_copy(
-                update={"beam_size": beam, "batch_size": batch, "precision": precision}
-            )
-            translator.translate(lines)
+            translator.translate(lines, decode)
 
         return run
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint
+from seq2seq.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint, saved_config
 from seq2seq.corpus import read_parallel, split_path
 from seq2seq.evaluation import evaluate
 from seq2seq.runlog import METRICS_FILE, read_metrics
@@ -41,19 +41,18 @@ def rows(run_dir: Path, data: Path, beams: list[int], alpha: float, device: str)
         averaged = run_dir / "averaged.pt"
         save_checkpoint(average_checkpoints(kept), averaged)
         models[f"average of {len(kept)}"] = averaged
-    settings = load_checkpoint(run_dir / "best.pt")["config"]["data"]
+    best = run_dir / "best.pt"
+    settings = saved_config(load_checkpoint(best), str(best)).data
     sources, references = read_parallel(
-        split_path(data, settings["test"], settings["src_lang"]),
-        split_path(data, settings["test"], settings["trg_lang"]),
+        split_path(data, settings.test, settings.src_lang),
+        split_path(data, settings.test, settings.trg_lang),
     )
     lines, signatures = [], set()
     for name, path in models.items():
         translator = Translator.from_checkpoint(path, device)
         for beam in beams:
-            translator.decode = translator.decode.model_copy(
-                update={"beam_size": beam, "alpha": alpha if beam > 1 else 0.0}
-            )
-            result = evaluate(translator, sources, references)
+            decode = translator.decode.updated(beam_size=beam, alpha=alpha if beam > 1 else 0.0)
+            result = evaluate(translator, sources, references, decode)
             s = result.scores
             search = "greedy" if beam == 1 else f"beam {beam}, alpha {alpha}"
             lines.append(

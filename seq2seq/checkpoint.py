@@ -1,9 +1,14 @@
 """Self-contained checkpoints: weights, resolved config, vocabularies, tokenizer names,
-training state when training, and a format version.
+training state when training, and a format version. This is the only module that knows
+the payload's keys; the rest of the package sees a `Bundle` (config, model, both sides).
 
 A checkpoint holds only tensors, numbers, strings, lists and dicts, and is always
 opened with `torch.load(weights_only=True)`: opening one can never run code.
 Saves are atomic: temporary file in the same folder, flush, fsync, rename.
+
+Payload: format, format_version, config (Config.model_dump()), vocab {src, trg: itos},
+tokenizer (tokenizer_state), model (state_dict), step, validation, and in last.pt
+training {optimizer, scheduler, scaler, progress, rng}; an average adds averaged_from.
 """
 
 from __future__ import annotations
@@ -12,12 +17,18 @@ import os
 import pickle
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from seq2seq.config import Config, config_from_dict
 from seq2seq.errors import UserError
+from seq2seq.model import Seq2Seq
+from seq2seq.text import TextSide
+from seq2seq.tokenizer import make_tokenizers, tokenizer_state
+from seq2seq.vocab import Vocabulary
 
 FORMAT = "seq2seq-checkpoint"
 FORMAT_VERSION = 1
@@ -112,3 +123,69 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     }
     kept = {key: first[key] for key in ("config", "vocab", "tokenizer")}
     return {**kept, "model": model, "averaged_from": [str(p) for p in paths]}
+
+
+@dataclass
+class Bundle:
+    """A model with everything needed to use it: its config and both text sides."""
+
+    config: Config
+    model: Seq2Seq
+    src: TextSide
+    trg: TextSide
+
+    def payload(
+        self,
+        step: int | None = None,
+        validation: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The checkpoint payload; `training` (optimizer, progress...) only in last.pt."""
+        payload = {
+            "config": self.config.model_dump(),
+            "vocab": {"src": self.src.vocab.itos, "trg": self.trg.vocab.itos},
+            "tokenizer": tokenizer_state(self.src.tokenizer, self.trg.tokenizer),
+            "model": self.model.state_dict(),
+            "step": step,
+            "validation": validation,
+        }
+        return {**payload, "training": training} if training is not None else payload
+
+
+def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
+    """A checkpoint's model (in eval mode, on `device`), config and text sides."""
+    payload = load_checkpoint(path)
+    try:
+        config = config_from_dict(payload["config"], source=f"{path} (config)")
+        src_vocab, trg_vocab = saved_vocabularies(payload)
+        model = Seq2Seq(config.model, len(src_vocab), len(trg_vocab))
+        model.load_state_dict(payload["model"])
+        src_tokenizer, trg_tokenizer = make_tokenizers(config, saved_tokenizers(payload))
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise UserError(f"{path}: damaged seq2seq checkpoint ({error})") from None
+    model.to(device).eval()
+    return Bundle(
+        config, model, TextSide(src_tokenizer, src_vocab), TextSide(trg_tokenizer, trg_vocab)
+    )
+
+
+def saved_config(payload: dict[str, Any], source: str) -> Config:
+    return config_from_dict(payload["config"], source=source)
+
+
+def saved_vocabularies(payload: dict[str, Any]) -> tuple[Vocabulary, Vocabulary]:
+    return Vocabulary(payload["vocab"]["src"]), Vocabulary(payload["vocab"]["trg"])
+
+
+def saved_tokenizers(payload: dict[str, Any]) -> dict[str, Any]:
+    """What `make_tokenizers` needs to rebuild the tokenizers a checkpoint was made with."""
+    return payload["tokenizer"]
+
+
+def saved_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return payload["model"]
+
+
+def saved_training(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """last.pt's optimizer, scheduler, scaler, progress and RNG streams (None elsewhere)."""
+    return payload.get("training") or None

@@ -126,7 +126,12 @@ def average(
     typer.echo(f"averaged {len(paths)} checkpoints into {output}", err=True)
 
 
-ModelOption = Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pt) to use.")]
+ModelOption = Annotated[
+    list[Path],
+    typer.Option(
+        "--model", "-m", help="Checkpoint (.pt) to use; repeat it to decode with an ensemble."
+    ),
+]
 BeamOption = Annotated[
     int | None,
     typer.Option("--beam", min=1, help="Beam size; 1 is greedy (default: decode.beam_size)."),
@@ -158,31 +163,31 @@ PrecisionOption = Annotated[
 
 
 def _translator(
-    model: Path,
+    models: list[Path],
     device: str,
     beam: int | None,
     alpha: float | None,
     replace_unk: bool | None,
     batch_size: int | None,
     precision: str | None,
+    nbest: int | None = None,
 ):
-    """Load a checkpoint and apply the command line's decoding options to its decode config."""
-    from seq2seq.config import DecodeConfig
+    """Load the checkpoint(s) -> (translator, its decode settings with the command line's
+    options applied and validated)."""
     from seq2seq.translator import Translator
 
     if precision not in (None, "fp32", "bf16"):
         raise UserError(f"--precision must be fp32 or bf16, not {precision!r}")
-    translator = Translator.from_checkpoint(model, device)
-    chosen = {
-        "beam_size": beam,
-        "alpha": alpha,
-        "replace_unk": replace_unk,
-        "batch_size": batch_size,
-        "precision": precision,
-    }
-    updates = {key: value for key, value in chosen.items() if value is not None}
-    translator.decode = DecodeConfig.model_validate({**translator.decode.model_dump(), **updates})
-    return translator
+    translator = Translator.from_checkpoint(models, device)
+    decode = translator.decode.updated(
+        beam_size=beam,
+        alpha=alpha,
+        replace_unk=replace_unk,
+        batch_size=batch_size,
+        precision=precision,
+        nbest=nbest,
+    )
+    return translator, decode
 
 
 @app.command()
@@ -222,9 +227,9 @@ def translate(
     (N lines with --nbest N). Reads and writes in batches as lines arrive."""
     from seq2seq.corpus import decode_line, iter_lines
 
-    translator = _translator(model, device, beam, alpha, replace_unk, batch_size, precision)
-    if nbest > translator.decode.beam_size:
-        raise UserError(f"--nbest {nbest} needs --beam {nbest} or more")
+    translator, decode = _translator(
+        model, device, beam, alpha, replace_unk, batch_size, precision, nbest
+    )
     interactive = input is None and sys.stdin.isatty()
     name = str(input) if input is not None else "<stdin>"
     if input is not None:
@@ -240,13 +245,13 @@ def translate(
     sink = _open_output(output) if output else sys.stdout
     index = 0
     try:
-        for chunk in _chunks(lines, 1 if interactive else translator.decode.batch_size):
-            for candidates in translator.translate_nbest(chunk, nbest):
+        for chunk in _chunks(lines, 1 if interactive else decode.batch_size):
+            for candidates in translator.translate_nbest(chunk, decode):
                 best = candidates[0]
                 if best.truncated:
                     print(
                         f"warning: {name}:{index + 1}: longer than "
-                        f"{translator.decode.max_source_length} tokens, truncated",
+                        f"{decode.max_source_length} tokens, truncated",
                         file=sys.stderr,
                     )
                 sink.write(_format(index, candidates, nbest, scores, as_json))
@@ -329,7 +334,12 @@ def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 def evaluate(
     ref: Annotated[Path, typer.Option("--ref", help="Reference translations, one per line.")],
     model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="Checkpoint (.pt) to translate --src with.")
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint (.pt) to translate --src with; repeat it for an ensemble.",
+        ),
     ] = None,
     src: Annotated[
         Path | None, typer.Option("--src", help="Source sentences, line-aligned with --ref.")
@@ -356,11 +366,13 @@ def evaluate(
     BLEU, and perplexity. Translates --src with --model, or scores the lines of --hyp."""
     from seq2seq.corpus import read_parallel
 
-    if hyp is None and (model is None or src is None):
+    if hyp is None and (not model or src is None):
         raise UserError("evaluate needs --model and --src (to translate), or --hyp (to score)")
-    translator = None
-    if model is not None:
-        translator = _translator(model, device, beam, alpha, replace_unk, batch_size, precision)
+    translator = decode = None
+    if model:
+        translator, decode = _translator(
+            model, device, beam, alpha, replace_unk, batch_size, precision
+        )
     lines, references = read_parallel(hyp or src, ref)
     if not references:
         raise UserError(f"{ref}: no lines, nothing to score")
@@ -369,15 +381,14 @@ def evaluate(
         from seq2seq.metrics import score_corpus
         from seq2seq.tokenizer import Tokenizer
 
-        tokenizer = translator.trg_tokenizer.words if translator else Tokenizer(lang)
+        tokenizer = translator.trg.tokenizer.words if translator else Tokenizer(lang)
         scores = score_corpus(lines, references, tokenizer)
         record.update(scores.as_dict())
     else:
         from seq2seq.evaluation import evaluate as run_evaluation
 
-        result = run_evaluation(translator, lines, references)
+        result = run_evaluation(translator, lines, references, decode)
         scores = result.scores
-        decode = translator.decode
         record.update({"beam": decode.beam_size, "alpha": decode.alpha, **result.as_dict()})
         if output:
             with _open_output(output) as sink:

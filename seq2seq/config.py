@@ -175,6 +175,32 @@ class DecodeConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 runs the search under bf16 autocast: faster on GPUs and on CPUs with AMX or
     AVX512-BF16, slower elsewhere; scores can differ from fp32 in the last digits."""
+    nbest: int = Field(1, gt=0)
+    """Translations returned per sentence, best first; at most beam_size."""
+    combine: Literal["probs", "log_probs"] = "probs"
+    """Ensembles: each step's next-token distribution is the mean of the members'
+    probabilities (`probs`) or of their log-probabilities (`log_probs`)."""
+
+    @model_validator(mode="after")
+    def _nbest_fits_the_beam(self) -> DecodeConfig:
+        if self.nbest > self.beam_size:
+            raise ValueError(
+                f"nbest {self.nbest} (--nbest) needs a beam of at least {self.nbest} "
+                f"(--beam; beam_size is {self.beam_size})"
+            )
+        return self
+
+    def updated(self, **changes: object) -> DecodeConfig:
+        """A validated copy with `changes` applied (None leaves a setting as it is); a bad
+        value is a UserError naming the setting. The original is never modified."""
+        values = {**self.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
+        try:
+            return DecodeConfig.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in first["loc"]) or "decode"
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise UserError(f"decode.{key}: {message}" if first["loc"] else message) from None
 
 
 class Config(Section):

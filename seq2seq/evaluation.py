@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from seq2seq.config import DecodeConfig
 from seq2seq.data import collate, make_batches
 from seq2seq.loss import sequence_loss
 from seq2seq.metrics import Scores, perplexity, score_corpus
+from seq2seq.model import evaluating
 from seq2seq.translator import Translation, Translator
 
 
@@ -39,36 +41,43 @@ class Evaluation:
         }
 
 
-def evaluate(translator: Translator, sources: list[str], references: list[str]) -> Evaluation:
-    """Translate `sources` and score them against the raw `references` lines."""
-    loss, free_running_loss = corpus_losses(translator, sources, references)
-    translations = translator.translate(sources)
+def evaluate(
+    translator: Translator,
+    sources: list[str],
+    references: list[str],
+    decode: DecodeConfig | None = None,
+) -> Evaluation:
+    """Translate `sources` (with `decode`, default the translator's) and score them
+    against the raw `references` lines."""
+    decode = decode or translator.decode
+    loss, free_running_loss = corpus_losses(translator, sources, references, decode)
+    translations = translator.translate(sources, decode)
     scores = score_corpus(
-        [t.text for t in translations], references, translator.trg_tokenizer.words
+        [t.text for t in translations], references, translator.trg.tokenizer.words
     )
     return Evaluation(loss, free_running_loss, scores, translations)
 
 
 @torch.inference_mode()
 def corpus_losses(
-    translator: Translator, sources: list[str], references: list[str]
+    translator: Translator, sources: list[str], references: list[str], decode: DecodeConfig
 ) -> tuple[float, float]:
     """Mean cross-entropy per reference token (teacher forcing 1, gold previous tokens fed)
     and free-running (teacher forcing 0, the model's own previous predictions fed)."""
-    model = translator.model
-    src_tokens = translator.src_tokenizer.tokenize(sources)
-    trg_tokens = translator.trg_tokenizer.tokenize(references)
-    src = [torch.tensor(translator.src_vocab.encode(tokens)) for tokens in src_tokens]
-    trg = [torch.tensor(translator.trg_vocab.encode(tokens)) for tokens in trg_tokens]
-    was_training = model.training
-    model.eval()
-    forced, free, tokens = 0.0, 0.0, 0
+    model = translator.searchable(decode)
+    src, trg = translator.src.encode(sources), translator.trg.encode(references)
+    forced_loss: list[float] = []  # summed loss of each batch
+    free_loss: list[float] = []
+    tokens = 0
     lengths = [max(len(s), len(t)) for s, t in zip(src, trg, strict=True)]
-    for indices in make_batches(lengths, translator.decode.batch_size):
-        batch = collate(indices, src, trg).to(translator.device)
-        trg_in = batch.trg[:, :-1]
-        forced += float(sequence_loss(model(batch.src, batch.src_lengths, trg_in, 1.0), batch.trg))
-        free += float(sequence_loss(model(batch.src, batch.src_lengths, trg_in, 0.0), batch.trg))
-        tokens += batch.target_tokens
-    model.train(was_training)
-    return forced / max(tokens, 1), free / max(tokens, 1)
+    with evaluating(model):
+        for indices in make_batches(lengths, decode.batch_size):
+            batch = collate(indices, src, trg).to(translator.device)
+            trg_in = batch.trg[:, :-1]
+            for teacher_forcing, total in ((1.0, forced_loss), (0.0, free_loss)):
+                log_probs = model.sequence_log_probs(
+                    batch.src, batch.src_lengths, trg_in, teacher_forcing
+                )
+                total.append(float(sequence_loss(log_probs, batch.trg)))
+            tokens += batch.target_tokens
+    return sum(forced_loss) / max(tokens, 1), sum(free_loss) / max(tokens, 1)

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from seq2seq.ensemble import Ensemble
 from seq2seq.gates import GateValues
 from seq2seq.model import Seq2Seq
 from seq2seq.vocab import EOS, SOS
+
+Searchable = Seq2Seq | Ensemble  # anything with start(src, lengths) and step(tokens, state)
 
 
 @dataclass
@@ -32,7 +35,7 @@ def max_output_lengths(src_lengths: Tensor, ratio: float, offset: int) -> Tensor
 
 @torch.inference_mode()
 def greedy_search(
-    model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: Tensor
+    model: Searchable, src: Tensor, src_lengths: Tensor, max_lengths: Tensor
 ) -> list[Hypothesis]:
     """Pick the most probable token at every step, for all sentences of a batch at once.
 
@@ -40,8 +43,8 @@ def greedy_search(
     maximum length and leaves the decoder batch, so later steps compute only the R
     sentences still running; the loop stops when none is.
     """
-    memory, state = model.encode(src, src_lengths)
-    gates = memory.gates  # of the whole batch (memory shrinks to the running rows)
+    state = model.start(src, src_lengths)
+    gates = state.gates  # of the whole batch (the state shrinks to the running rows)
     batch_size, device = src.size(0), src.device
     max_lengths = max_lengths.to(device)
     running = torch.arange(batch_size, device=device)  # [R] batch row of each running row
@@ -50,7 +53,7 @@ def greedy_search(
     scores = torch.zeros(batch_size, device=device)
     emitted, attention = [], []
     for t in range(int(max_lengths.max())):
-        log_probs, state, weights = model.decoder.step(tokens, state, memory)  # [R,V]
+        log_probs, state, weights = model.step(tokens, state)  # [R,V]
         best, tokens = log_probs.max(dim=1)  # [R], [R]
         scores.index_add_(0, running, best)
         # Full-batch records: a stopped sentence only repeats <eos> (cut off later).
@@ -66,7 +69,7 @@ def greedy_search(
                 break
             keep = going.nonzero().squeeze(1)
             running, limits, tokens = running[keep], limits[keep], tokens[keep]
-            state, memory = state[keep], memory.select(keep)
+            state = state.select(keep)
     return _hypotheses(
         torch.stack(emitted, 1),
         scores,
@@ -84,7 +87,7 @@ def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
 
 @torch.inference_mode()
 def beam_search(
-    model: Seq2Seq,
+    model: Searchable,
     src: Tensor,
     src_lengths: Tensor,
     max_lengths: Tensor,
@@ -103,12 +106,12 @@ def beam_search(
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 1 and the beam size, got {nbest}")
-    memory, state = model.encode(src, src_lengths)
-    gates = memory.gates
+    state = model.start(src, src_lengths)
+    gates = state.gates
     batch_size, device = src.size(0), src.device
     beams = torch.arange(beam_size, device=device)
     rows = torch.arange(batch_size, device=device).repeat_interleave(beam_size)  # [B*K]
-    memory, state = memory.select(rows), state[rows]  # [B*K,...]
+    state = state.select(rows)  # [B*K,...]
     max_lengths = max_lengths.to(device)[rows]  # [B*K]
     # A sentence whose K beams have all finished leaves the decoder batch: the loop works
     # on the R sentences still running (sentence b's beams are rows b*K ... b*K+K-1 of the
@@ -127,7 +130,7 @@ def beam_search(
     emitted, origins, attention = [], [], []
     # Every step lengthens each unfinished beam, so all have finished by the last step.
     for _ in range(int(max_lengths.max())):
-        log_probs, state, weights = model.decoder.step(tokens, state, memory)  # [R*K,V]
+        log_probs, state, weights = model.step(tokens, state)  # [R*K,V]
         count, vocab_size = running.size(0), log_probs.size(1)
         if frozen is None:
             frozen = torch.full((vocab_size,), float("-inf"), device=device)
@@ -141,7 +144,7 @@ def beam_search(
         previous = (best // vocab_size + first).view(-1)  # [R*K] running row each beam extends
         tokens = (best % vocab_size).view(-1)
         scores = totals.view(count, -1).gather(1, best)
-        state, lengths = state[previous], grown[previous]
+        state, lengths = state.reorder(previous), grown[previous]
         finished = finished[previous] | (tokens == EOS) | (lengths >= limits)
         # Full-batch records; rows of sentences that left repeat <eos> from themselves.
         emitted.append(torch.full_like(max_lengths, EOS).index_copy_(0, running_rows, tokens))
@@ -164,7 +167,7 @@ def beam_search(
                 break
             keep = ((~stopped).nonzero() * beam_size + beams).view(-1)  # running rows kept
             running, running_rows, scores = running[~stopped], running_rows[keep], scores[~stopped]
-            tokens, state, memory = tokens[keep], state[keep], memory.select(keep)
+            tokens, state = tokens[keep], state.select(keep)
             lengths, finished, limits = lengths[keep], finished[keep], limits[keep]
     # Follow the back-pointers from the final beams to the first step.
     row = torch.arange(batch_size * beam_size, device=device)

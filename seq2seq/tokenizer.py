@@ -51,6 +51,11 @@ class Tokenizer:
         """The word tokenizer that tokenized BLEU uses: this one."""
         return self
 
+    @property
+    def identity(self) -> tuple[object, ...]:
+        """Equal for two tokenizers exactly when they split every text the same way."""
+        return ("words", self.lang, self.name, self.lowercase)
+
     def tokenize(self, texts: Iterable[str]) -> list[list[str]]:
         """One token list per text; whitespace tokens are dropped."""
         result = []
@@ -99,6 +104,10 @@ class SubwordTokenizer:
         self.model = model
         self.words = words  # spaCy words of the same language, for tokenized BLEU
         self._processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+
+    @property
+    def identity(self) -> tuple[object, ...]:
+        return ("pieces", self.lang, self.model, self.lowercase)
 
     def pieces(self) -> list[str]:
         """The model's pieces in id order: the vocabulary, specials first."""

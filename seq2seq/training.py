@@ -34,18 +34,28 @@ from torch.optim import Adam
 from tqdm import tqdm
 
 from seq2seq import distributed
-from seq2seq.checkpoint import load_checkpoint, save_checkpoint
-from seq2seq.config import Config, VocabConfig, config_from_dict, load_config, save_config
+from seq2seq.checkpoint import (
+    Bundle,
+    load_checkpoint,
+    save_checkpoint,
+    saved_config,
+    saved_tokenizers,
+    saved_training,
+    saved_vocabularies,
+    saved_weights,
+)
+from seq2seq.config import Config, VocabConfig, load_config, save_config
 from seq2seq.corpus import read_parallel, split_path
 from seq2seq.data import collate, make_batches
 from seq2seq.download import download_multi30k
 from seq2seq.errors import UserError, is_out_of_memory
-from seq2seq.evaluation import Evaluation, evaluate
+from seq2seq.evaluation import evaluate
 from seq2seq.loss import sequence_loss
 from seq2seq.model import Seq2Seq
 from seq2seq.plots import CURVES_FILE, plot_run
 from seq2seq.runlog import METRICS_FILE, MetricsLog, environment
-from seq2seq.tokenizer import AnyTokenizer, SubwordTokenizer, make_tokenizers, tokenizer_state
+from seq2seq.text import TextSide
+from seq2seq.tokenizer import AnyTokenizer, SubwordTokenizer, make_tokenizers
 from seq2seq.translator import Translator, resolve_device
 from seq2seq.vocab import Vocabulary
 
@@ -158,8 +168,14 @@ class Trainer:
         if threads:
             torch.set_num_threads(threads)
 
-        self._load_data(checkpoint["tokenizer"] if checkpoint else None)
+        self._load_data(saved_tokenizers(checkpoint) if checkpoint else None)
         self.model = Seq2Seq(config.model, len(self.src_vocab), len(self.trg_vocab)).to(device)
+        self.bundle = Bundle(
+            config,
+            self.model,
+            TextSide(self.src_tokenizer, self.src_vocab),
+            TextSide(self.trg_tokenizer, self.trg_vocab),
+        )
         self.optimizer = make_optimizer(self.model, config.train.learning_rate, device)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
@@ -168,11 +184,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
         self.translator = Translator(
             self.model,
-            self.src_vocab,
-            self.trg_vocab,
-            self.src_tokenizer,
-            self.trg_tokenizer,
-            config.decode.model_copy(update={"beam_size": 1}),  # validation is greedy
+            self.bundle.src,
+            self.bundle.trg,
+            config.decode.updated(beam_size=1, nbest=1),  # validation is greedy
             device,
         )
         self.progress = Progress()
@@ -272,24 +286,29 @@ class Trainer:
 
     def _restore(self, payload: dict[str, Any]) -> None:
         last = self.run_dir / LAST
-        saved_vocab = config_from_dict(payload["config"], source=str(last)).vocab
+        saved_vocab = saved_config(payload, str(last)).vocab
         if saved_vocab != self.config.vocab:
             raise UserError(
                 f"{last}: its vocabulary settings ({saved_vocab}) differ from this config's "
                 f"({self.config.vocab}); resume with the run's own {CONFIG_FILE}"
             )
-        for side, vocab in (("src", self.src_vocab), ("trg", self.trg_vocab)):
-            if payload["vocab"][side] != vocab.itos:
+        for side, vocab, saved in zip(
+            ("src", "trg"),
+            (self.src_vocab, self.trg_vocab),
+            saved_vocabularies(payload),
+            strict=True,
+        ):
+            if saved.itos != vocab.itos:
                 raise UserError(
-                    f"{last}: its {side} vocabulary ({len(payload['vocab'][side])} tokens) does "
+                    f"{last}: its {side} vocabulary ({len(saved)} tokens) does "
                     f"not match the one this config and data give ({len(vocab)}); resume with "
                     f"the run's own {CONFIG_FILE}"
                 )
-        state = payload.get("training")
+        state = saved_training(payload)
         if not state:
             raise UserError(f"{last}: holds no training state (an averaged or exported model?)")
         try:
-            self.model.load_state_dict(payload["model"])
+            self.model.load_state_dict(saved_weights(payload))
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as error:
@@ -533,7 +552,7 @@ class Trainer:
                 f"early stopping: {config.best_metric} did not improve "
                 f"for {config.patience} validations"
             )
-        payload = self._payload(evaluation)
+        payload = self.bundle.payload(progress.step, evaluation.as_dict())
         if improved:
             save_checkpoint(payload, self.run_dir / BEST)
         if kept:
@@ -569,26 +588,15 @@ class Trainer:
     def _save_last(self) -> None:
         streams = distributed.gather_to_main(get_rng_state(), self.context)
         if self.context.is_main:
-            payload = self._payload(None)
-            payload["training"] = {
+            training = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "progress": asdict(self.progress),
                 "rng": streams,
             }
+            payload = self.bundle.payload(self.progress.step, training=training)
             save_checkpoint(payload, self.run_dir / LAST)
-
-    def _payload(self, evaluation: Evaluation | None) -> dict[str, Any]:
-        """A self-contained checkpoint of the model (no training state)."""
-        return {
-            "config": self.config.model_dump(),
-            "vocab": {"src": self.src_vocab.itos, "trg": self.trg_vocab.itos},
-            "tokenizer": tokenizer_state(self.src_tokenizer, self.trg_tokenizer),
-            "model": self.model.state_dict(),
-            "step": self.progress.step,
-            "validation": evaluation.as_dict() if evaluation else None,
-        }
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> Any:

@@ -1,30 +1,42 @@
-"""The Python API: load a checkpoint once, translate lists of strings.
+"""The Python API: load a checkpoint (or several, as an ensemble) once, translate lists
+of strings.
 
     from seq2seq.translator import Translator
     translator = Translator.from_checkpoint("runs/multi30k_de_en/best.pt")
     for result in translator.translate(["Zwei Männer stehen am Strand."]):
         print(result.text, result.score)
+    beam = translator.decode.updated(beam_size=5, nbest=3)  # validated, per call
+    for candidates in translator.translate_nbest(["Ein Hund rennt."], beam): ...
+    ensemble = Translator.from_checkpoint(["a.pt", "b.pt"])
 
-`train` (validation), `translate` and `evaluate` all decode through this class.
+`train` (validation), `translate`, `evaluate` and `serve` all decode through this class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from seq2seq.checkpoint import load_checkpoint
-from seq2seq.config import DecodeConfig, config_from_dict
+from seq2seq.checkpoint import Bundle, load_bundle
+from seq2seq.config import DecodeConfig
 from seq2seq.data import Batch, collate, make_batches
+from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.gates import GateValues
-from seq2seq.model import Seq2Seq
-from seq2seq.search import Hypothesis, beam_search, greedy_search, max_output_lengths
-from seq2seq.tokenizer import AnyTokenizer, make_tokenizers
-from seq2seq.vocab import SPECIALS, UNK, Vocabulary
+from seq2seq.model import Seq2Seq, evaluating
+from seq2seq.search import (
+    Hypothesis,
+    Searchable,
+    beam_search,
+    greedy_search,
+    max_output_lengths,
+)
+from seq2seq.text import TextSide
+from seq2seq.vocab import SPECIALS, UNK
 
 
 @dataclass
@@ -65,111 +77,126 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Translator:
+    """One model, or an ensemble of models that read and write the same text."""
+
     def __init__(
         self,
-        model: Seq2Seq,
-        src_vocab: Vocabulary,
-        trg_vocab: Vocabulary,
-        src_tokenizer: AnyTokenizer,
-        trg_tokenizer: AnyTokenizer,
+        models: Seq2Seq | list[Seq2Seq],
+        src: TextSide,
+        trg: TextSide,
         decode: DecodeConfig,
         device: torch.device,
     ):
-        self.model = model
-        self.src_vocab, self.trg_vocab = src_vocab, trg_vocab
-        self.src_tokenizer, self.trg_tokenizer = src_tokenizer, trg_tokenizer
-        self.decode = decode
+        self.models = [models] if isinstance(models, Seq2Seq) else list(models)
+        self.src, self.trg = src, trg
+        self.decode = decode  # the defaults; each call may pass its own
         self.device = device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Translator:
+    def from_checkpoint(
+        cls, paths: str | Path | Sequence[str | Path], device: str = "auto"
+    ) -> Translator:
+        """Load one checkpoint, or several as an ensemble (decode defaults: the first's)."""
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not paths:
+            raise UserError("no checkpoint given")
         torch_device = resolve_device(device)
-        payload = load_checkpoint(path)
-        try:
-            config = config_from_dict(payload["config"], source=f"{path} (config)")
-            src_vocab = Vocabulary(payload["vocab"]["src"])
-            trg_vocab = Vocabulary(payload["vocab"]["trg"])
-            model = Seq2Seq(config.model, len(src_vocab), len(trg_vocab))
-            model.load_state_dict(payload["model"])
-            src_tokenizer, trg_tokenizer = make_tokenizers(config, payload["tokenizer"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise UserError(f"{path}: damaged seq2seq checkpoint ({error})") from None
-        model.to(torch_device).eval()
-        return cls(
-            model, src_vocab, trg_vocab, src_tokenizer, trg_tokenizer, config.decode, torch_device
-        )
+        bundles = [load_bundle(path, torch_device) for path in paths]
+        for path, bundle in zip(paths[1:], bundles[1:], strict=True):
+            check_same_text(paths[0], bundles[0], path, bundle)
+        first = bundles[0]
+        models = [bundle.model for bundle in bundles]
+        return cls(models, first.src, first.trg, first.config.decode, torch_device)
 
-    def translate(self, lines: list[str]) -> list[Translation]:
+    def searchable(self, decode: DecodeConfig | None = None) -> Searchable:
+        """The model, or the ensemble of the models combined as `decode.combine` says."""
+        if len(self.models) == 1:
+            return self.models[0]
+        return Ensemble(self.models, (decode or self.decode).combine)
+
+    def translate(self, lines: list[str], decode: DecodeConfig | None = None) -> list[Translation]:
         """One Translation per line, in order; an empty line gives an empty translation."""
-        return [candidates[0] for candidates in self.translate_nbest(lines)]
+        return [candidates[0] for candidates in self.translate_nbest(lines, decode)]
 
-    def translate_nbest(self, lines: list[str], nbest: int = 1) -> list[list[Translation]]:
-        """The `nbest` best translations of each line, best first (decoded with
-        self.decode: beam size, length penalty, unknown-word replacement, limits)."""
-        decode = self.decode
-        if nbest > decode.beam_size:
-            raise UserError(
-                f"--nbest {nbest} needs a beam of at least {nbest} (got {decode.beam_size})"
-            )
-        source_tokens = self.src_tokenizer.tokenize(lines)
+    def translate_nbest(
+        self, lines: list[str], decode: DecodeConfig | None = None
+    ) -> list[list[Translation]]:
+        """The `decode.nbest` best translations of each line, best first."""
+        decode = decode or self.decode
+        source_tokens = self.src.tokenize(lines)
         truncated = [len(tokens) > decode.max_source_length for tokens in source_tokens]
         source_tokens = [tokens[: decode.max_source_length] for tokens in source_tokens]
         empty = [Translation("", [], [], 0.0, torch.zeros(1, 2))]
-        results: list[list[Translation]] = [empty * nbest for _ in lines]
+        results: list[list[Translation]] = [empty * decode.nbest for _ in lines]
         nonempty = [i for i, tokens in enumerate(source_tokens) if tokens]
-        ids = [torch.tensor(self.src_vocab.encode(source_tokens[i])) for i in nonempty]
-        was_training = self.model.training
-        self.model.eval()
-        for positions in make_batches([len(row) for row in ids], decode.batch_size):
-            batch = collate(positions, ids, None).to(self.device)
-            limits = max_output_lengths(
-                batch.src_lengths, decode.max_length_ratio, decode.max_length_offset
-            )
-            try:
-                found = self._search(batch, limits, nbest)
-            except (RuntimeError, MemoryError) as error:
-                if not is_out_of_memory(error):
-                    raise
-                raise UserError(
-                    f"out of memory translating {len(positions)} sentences at once; "
-                    f"lower the batch size (now {decode.batch_size}, --batch-size)"
-                ) from None
-            for position, hypotheses in zip(positions, found, strict=True):
-                line = nonempty[position]
-                results[line] = [
-                    self._finish(h, source_tokens[line], truncated[line]) for h in hypotheses
-                ]
-        self.model.train(was_training)
+        ids = [self.src.ids(source_tokens[i]) for i in nonempty]
+        model = self.searchable(decode)
+        with evaluating(model):
+            for positions in make_batches([len(row) for row in ids], decode.batch_size):
+                batch = collate(positions, ids, None).to(self.device)
+                for position, hypotheses in zip(
+                    positions, self._search(model, batch, decode), strict=True
+                ):
+                    line = nonempty[position]
+                    results[line] = [
+                        self._finish(h, source_tokens[line], truncated[line], decode)
+                        for h in hypotheses
+                    ]
         return results
 
-    def _search(self, batch: Batch, limits: Tensor, nbest: int) -> list[list[Hypothesis]]:
+    def _search(
+        self, model: Searchable, batch: Batch, decode: DecodeConfig
+    ) -> list[list[Hypothesis]]:
         """Greedy for beam size 1, else beam search: the `nbest` best per sentence."""
-        decode = self.decode
+        limits = max_output_lengths(
+            batch.src_lengths, decode.max_length_ratio, decode.max_length_offset
+        )
         bf16 = decode.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            if decode.beam_size == 1:
-                hypotheses = greedy_search(self.model, batch.src, batch.src_lengths, limits)
-                return [[h] for h in hypotheses]
-            return beam_search(
-                self.model,
-                batch.src,
-                batch.src_lengths,
-                limits,
-                decode.beam_size,
-                decode.alpha,
-                nbest,
-            )
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                if decode.beam_size == 1:
+                    return [[h] for h in greedy_search(model, batch.src, batch.src_lengths, limits)]
+                return beam_search(
+                    model,
+                    batch.src,
+                    batch.src_lengths,
+                    limits,
+                    decode.beam_size,
+                    decode.alpha,
+                    decode.nbest,
+                )
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            raise UserError(
+                f"out of memory translating {batch.src.size(0)} sentences at once; "
+                f"lower the batch size (now {decode.batch_size}, --batch-size)"
+            ) from None
 
-    def _finish(self, hypothesis: Hypothesis, source: list[str], truncated: bool) -> Translation:
+    def _finish(
+        self, hypothesis: Hypothesis, source: list[str], truncated: bool, decode: DecodeConfig
+    ) -> Translation:
         """Ids -> tokens -> text, replacing <unk> from the source if asked to."""
-        tokens = self.trg_vocab.decode(hypothesis.tokens)
+        tokens = self.trg.tokens(hypothesis.tokens)
         translation = Translation(
             "", tokens, source, hypothesis.score, hypothesis.attention, truncated, hypothesis.gates
         )
-        if self.decode.replace_unk and not self.trg_tokenizer.subword:  # pieces are never <unk>
+        if decode.replace_unk and not self.trg.tokenizer.subword:  # pieces are never <unk>
             translation.tokens = replace_unknown(tokens, source, translation.alignment())
-        translation.text = self.trg_tokenizer.detokenize(translation.tokens)
+        translation.text = self.trg.detokenize(translation.tokens)
         return translation
+
+
+def check_same_text(
+    first_path: str | Path, first: Bundle, path: str | Path, bundle: Bundle
+) -> None:
+    """Ensemble members must read and write the same text: one line naming what differs."""
+    for side, name in (("src", "source"), ("trg", "target")):
+        difference = getattr(first, side).difference(getattr(bundle, side))
+        if difference:
+            raise UserError(
+                f"{path} and {first_path} cannot decode together: their {name} {difference} differ"
+            )
 
 
 def replace_unknown(tokens: list[str], source: list[str], alignment: list[int]) -> list[str]:

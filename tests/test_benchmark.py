@@ -43,8 +43,11 @@ def test_tutorial_forward_trains_the_same_parameters() -> None:
 
 
 def test_tutorial_translation_equals_our_greedy_search(toy_translator) -> None:
-    decoder = benchmark.TutorialDecoder(toy_translator.model)
-    toy_translator.decode = toy_translator.decode.model_copy(update={"beam_size": 1})
+    (model,) = toy_translator.models
+    decoder = benchmark.TutorialDecoder(model)
     sentences = ["ein mann", "zwei hunde laufen", "eine frau"]
-    ours = [t.text for t in toy_translator.translate(sentences)]
+    ours = [
+        t.text
+        for t in toy_translator.translate(sentences, toy_translator.decode.updated(beam_size=1))
+    ]
     assert [benchmark.tutorial_translate(decoder, toy_translator, s) for s in sentences] == ours

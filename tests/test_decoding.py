@@ -114,30 +114,20 @@ def test_replace_unknown_copies_the_attended_source_token():
 
 
 def test_translator_replaces_unknown_words(toy_translator):
-    translator = toy_translator
-    original = translator.decode
-    try:
-        translator.decode = original.model_copy(update={"beam_size": 1, "replace_unk": True})
-        (result,) = translator.translate(["Ein Mann läuft im Park."])
-        assert "<unk>" not in result.tokens
-    finally:
-        translator.decode = original
+    decode = toy_translator.decode.updated(beam_size=1, replace_unk=True)
+    (result,) = toy_translator.translate(["Ein Mann läuft im Park."], decode)
+    assert "<unk>" not in result.tokens
 
 
 def test_translator_nbest_and_api(toy_translator):
-    translator = toy_translator
-    original = translator.decode
-    try:
-        translator.decode = original.model_copy(update={"beam_size": 4})
-        lines = ["Ein Hund läuft im Park.", "", "Zwei Männer tanzen im Schnee."]
-        results = translator.translate_nbest(lines, nbest=3)
-        assert [len(r) for r in results] == [3, 3, 3]
-        assert results[1][0].text == ""
-        assert results[0][0].text == "A dog runs in the park."
-        assert results[0][0].attention.shape == (len(results[0][0].tokens) + 1, 8)
-        assert abs(results[0][0].attention.sum(dim=1) - 1).max() < 1e-5
-    finally:
-        translator.decode = original
+    decode = toy_translator.decode.updated(beam_size=4, nbest=3)
+    lines = ["Ein Hund läuft im Park.", "", "Zwei Männer tanzen im Schnee."]
+    results = toy_translator.translate_nbest(lines, decode)
+    assert [len(r) for r in results] == [3, 3, 3]
+    assert results[1][0].text == ""
+    assert results[0][0].text == "A dog runs in the park."
+    assert results[0][0].attention.shape == (len(results[0][0].tokens) + 1, 8)
+    assert abs(results[0][0].attention.sum(dim=1) - 1).max() < 1e-5
 
 
 def test_translate_output_modes(toy_checkpoint: Path, tmp_path: Path):
@@ -204,16 +194,11 @@ def test_evaluate_with_beam(toy_checkpoint: Path):
 
 @pytest.mark.parametrize("beam", [1, 4])
 def test_bf16_decoding_translates_like_fp32(toy_translator, beam: int):
-    translator = toy_translator
-    original = translator.decode
     lines = ["Ein Hund läuft im Park.", "", "Zwei Männer tanzen im Schnee."]
-    try:
-        translator.decode = original.model_copy(update={"beam_size": beam})
-        fp32 = translator.translate(lines)
-        translator.decode = original.model_copy(update={"beam_size": beam, "precision": "bf16"})
-        bf16 = translator.translate(lines)
-    finally:
-        translator.decode = original
+    fp32 = toy_translator.translate(lines, toy_translator.decode.updated(beam_size=beam))
+    bf16 = toy_translator.translate(
+        lines, toy_translator.decode.updated(beam_size=beam, precision="bf16")
+    )
     assert [t.text for t in bf16] == [t.text for t in fp32]
     assert [t.score for t in bf16] == pytest.approx([t.score for t in fp32], abs=0.05)
 

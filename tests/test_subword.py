@@ -78,7 +78,7 @@ def test_a_subword_checkpoint_is_self_contained(subword_run: Path, tmp_path: Pat
     moved = tmp_path / "elsewhere.pt"  # no other file travels with it
     moved.write_bytes((subword_run / "best.pt").read_bytes())
     translator = Translator.from_checkpoint(moved, "cpu")
-    assert translator.trg_tokenizer.subword
+    assert translator.trg.tokenizer.subword
     (result,) = translator.translate(["Ein Hund läuft im Park."])
     assert result.text == "A dog runs in the park."
     assert len(result.tokens) > 6  # pieces, not words

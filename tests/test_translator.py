@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import TOY_DATA
 
+from seq2seq.config import DecodeConfig
 from seq2seq.corpus import read_lines
 from seq2seq.errors import UserError
 from seq2seq.evaluation import corpus_losses, evaluate
@@ -18,19 +19,16 @@ SOURCES = read_lines(TOY_DATA / "test.de")
 REFERENCES = read_lines(TOY_DATA / "test.en")
 
 
-def decoding(
-    translator: Translator, monkeypatch: pytest.MonkeyPatch, **settings: int | float
-) -> Translator:
-    """The session's translator with other decode settings, for this test only."""
-    monkeypatch.setattr(translator, "decode", translator.decode.model_copy(update=settings))
-    return translator
+def decoding(translator: Translator, **settings: int | float) -> DecodeConfig:
+    """The session's translator's decode settings with some changed, for one call."""
+    return translator.decode.updated(**settings)
 
 
 def test_one_translation_per_line_in_order(
     toy_translator: Translator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines = [SOURCES[0], "", SOURCES[1], "   ", SOURCES[2], SOURCES[0]]
-    results = decoding(toy_translator, monkeypatch, batch_size=2).translate(lines)
+    results = toy_translator.translate(lines, decoding(toy_translator, batch_size=2))
     assert len(results) == len(lines)
     assert results[1].text == "" and results[3].text == ""
     assert results[1].tokens == [] and results[1].source_tokens == []
@@ -46,8 +44,8 @@ def test_batch_size_does_not_change_translations(
     sources = SOURCES[:20]
     results = {}
     for batch_size in (1, 7):
-        decoding(toy_translator, monkeypatch, batch_size=batch_size, beam_size=beam_size)
-        results[batch_size] = toy_translator.translate(sources)
+        decode = decoding(toy_translator, batch_size=batch_size, beam_size=beam_size)
+        results[batch_size] = toy_translator.translate(sources, decode)
     assert [r.text for r in results[1]] == [r.text for r in results[7]]
     assert [r.score for r in results[1]] == pytest.approx([r.score for r in results[7]], abs=1e-4)
 
@@ -56,9 +54,10 @@ def test_batch_size_does_not_change_translations(
 def test_translation_fields(
     toy_translator: Translator, monkeypatch: pytest.MonkeyPatch, beam_size: int
 ) -> None:
-    (result,) = decoding(toy_translator, monkeypatch, beam_size=beam_size).translate(SOURCES[:1])
-    assert result.source_tokens == toy_translator.src_tokenizer.tokenize([SOURCES[0]])[0]
-    assert result.text == toy_translator.trg_tokenizer.detokenize(result.tokens)
+    decode = decoding(toy_translator, beam_size=beam_size)
+    (result,) = toy_translator.translate(SOURCES[:1], decode)
+    assert result.source_tokens == toy_translator.src.tokenize([SOURCES[0]])[0]
+    assert result.text == toy_translator.trg.detokenize(result.tokens)
     assert result.score <= 0
     rows = len(result.tokens) + 1  # <eos> too, unless stopped by the length limit
     assert result.attention.shape[0] in (rows, rows - 1)
@@ -79,18 +78,23 @@ def test_the_toy_model_learned_something(toy_translator: Translator) -> None:
 def test_corpus_loss_ignores_batching(
     toy_translator: Translator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole = corpus_losses(decoding(toy_translator, monkeypatch, batch_size=64), SOURCES, REFERENCES)
-    small = corpus_losses(decoding(toy_translator, monkeypatch, batch_size=3), SOURCES, REFERENCES)
+    whole = corpus_losses(
+        toy_translator, SOURCES, REFERENCES, decoding(toy_translator, batch_size=64)
+    )
+    small = corpus_losses(
+        toy_translator, SOURCES, REFERENCES, decoding(toy_translator, batch_size=3)
+    )
     assert whole == pytest.approx(small, rel=1e-5)  # teacher-forced and free-running
 
 
 def test_translator_keeps_the_models_mode(toy_translator: Translator) -> None:
-    toy_translator.model.train()
+    (model,) = toy_translator.models
+    model.train()
     try:
         toy_translator.translate([SOURCES[0]])
-        assert toy_translator.model.training
+        assert model.training
     finally:
-        toy_translator.model.eval()
+        model.eval()
 
 
 def test_from_checkpoint_refuses_foreign_files(tmp_path: Path) -> None:
