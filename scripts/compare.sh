@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's Multi30k comparisons: variants of the recommended config (word vs
 # SentencePiece vocabularies, encoder gates none/se/cbam) and the tutorial config under
-# three seeds, each trained in its own process side by side on one machine, then scored
-# on test_2016_flickr by scripts/results.py (best.pt and the average of the kept
-# checkpoints, greedy and beam 5).
+# three seeds, and the ensemble members (rec-seed-N, emb512-seed-N), each trained in its
+# own process side by side on one machine, then scored on test_2016_flickr by
+# scripts/results.py (best.pt and the average of the kept checkpoints, greedy and beam 5).
+# Ensembles of the members: scripts/ensemble_results.py.
 #
 #   bash scripts/compare.sh DATA_DIR DEVICE OUT_DIR [SECONDS] [VARIANT ...]
 #
@@ -32,6 +33,12 @@ declare -A RUNS=(
   [tutorial-seed-1234]="$TUTORIAL"
 )
 for seed in 1 2 3 4 5 6 7; do RUNS[tutorial-seed-$seed]="$TUTORIAL --set seed=$seed"; done
+# Ensemble members: the recommended config and one with 512-wide embeddings, seeds 1-4.
+EMB512="--set model.encoder.embedding_size=512 --set model.decoder.embedding_size=512"
+for seed in 1 2 3 4; do
+  RUNS[rec-seed-$seed]="$RECOMMENDED --set seed=$seed"
+  RUNS[emb512-seed-$seed]="$RECOMMENDED $EMB512 --set seed=$seed"
+done
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=(word sp-unigram-4k sp-unigram-8k sp-bpe-8k sp-unigram-joint-10k
   gate-se gate-cbam tutorial-seed-1234 tutorial-seed-1 tutorial-seed-2)
