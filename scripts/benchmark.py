@@ -39,8 +39,8 @@ from seq2seq.corpus import read_lines, split_path
 from seq2seq.data import collate, make_batches
 from seq2seq.loss import sequence_loss
 from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import make_tokenizers
-from seq2seq.training import make_optimizer, make_vocabularies
+from seq2seq.text import training_sides
+from seq2seq.training import make_optimizer
 from seq2seq.translator import Translator
 from seq2seq.vocab import EOS, PAD, SOS
 
@@ -179,20 +179,16 @@ def median_time(run, repeats: int) -> float:
 
 
 def training_batches(config: Config, data: Path, count: int):
+    """The first `count` batches of epoch 1, encoded as training encodes them."""
     src_lines = read_lines(split_path(data, config.data.train, config.data.src_lang))
     trg_lines = read_lines(split_path(data, config.data.train, config.data.trg_lang))
-    src_tokenizer, trg_tokenizer = make_tokenizers(config, None, (src_lines, trg_lines))
-    src_tokens, trg_tokens = src_tokenizer.tokenize(src_lines), trg_tokenizer.tokenize(trg_lines)
-    pairs = list(zip(src_tokens, trg_tokens, strict=True))
-    src_vocab, trg_vocab = make_vocabularies(src_tokenizer, trg_tokenizer, pairs, config.vocab)
-    src_ids = [torch.tensor(src_vocab.encode(t)) for t in src_tokens]
-    trg_ids = [torch.tensor(trg_vocab.encode(t)) for t in trg_tokens]
-    lengths = [max(len(s), len(t)) for s, t in zip(src_ids, trg_ids, strict=True)]
+    src, trg, corpus = training_sides(config, src_lines, trg_lines)
     generator = torch.Generator().manual_seed(config.seed)
-    order = make_batches(lengths, config.train.batch_size, config.train.batch_unit, generator)
-    batches = [collate(indices, src_ids, trg_ids) for indices in order[:count]]
-    epoch_tokens = sum(len(t) - 1 for t in trg_ids)
-    return batches, len(src_vocab), len(trg_vocab), epoch_tokens, len(order)
+    order = make_batches(
+        corpus.lengths, config.train.batch_size, config.train.batch_unit, generator
+    )
+    batches = [collate(indices, corpus.src, corpus.trg) for indices in order[:count]]
+    return batches, len(src.vocab), len(trg.vocab), corpus.target_tokens, len(order)
 
 
 def training_flops(config: Config, batches, trg_vocab_size: int) -> float:

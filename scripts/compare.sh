@@ -33,11 +33,11 @@ declare -A RUNS=(
   [tutorial-seed-1234]="$TUTORIAL"
 )
 for seed in 1 2 3 4 5 6 7; do RUNS[tutorial-seed-$seed]="$TUTORIAL --set seed=$seed"; done
-# Ensemble members: the recommended config and one with 512-wide embeddings, seeds 1-4.
-EMB512="--set model.encoder.embedding_size=512 --set model.decoder.embedding_size=512"
+# Ensemble members: the recommended config and the member configs (512-wide embeddings),
+# seeds 1-4.
 for seed in 1 2 3 4; do
   RUNS[rec-seed-$seed]="$RECOMMENDED --set seed=$seed"
-  RUNS[emb512-seed-$seed]="$RECOMMENDED $EMB512 --set seed=$seed"
+  RUNS[emb512-seed-$seed]="--config configs/multi30k_de_en_member$seed.yaml"
 done
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=(word sp-unigram-4k sp-unigram-8k sp-bpe-8k sp-unigram-joint-10k

@@ -177,9 +177,10 @@ class DecodeConfig(Section):
     AVX512-BF16, slower elsewhere; scores can differ from fp32 in the last digits."""
     nbest: int = Field(1, gt=0)
     """Translations returned per sentence, best first; at most beam_size."""
-    combine: Literal["probs", "log_probs"] = "probs"
-    """Ensembles: each step's next-token distribution is the mean of the members'
-    probabilities (`probs`) or of their log-probabilities (`log_probs`)."""
+    combine: Literal["probs", "log_probs"] = "log_probs"
+    """Ensembles: each step's next-token scores are the mean of the members'
+    log-probabilities (`log_probs`) or the log of the mean of their probabilities
+    (`probs`); on Multi30k validation the two were within 0.01 BLEU (docs/results.md)."""
 
     @model_validator(mode="after")
     def _nbest_fits_the_beam(self) -> DecodeConfig:

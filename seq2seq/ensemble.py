@@ -7,8 +7,9 @@ the length penalty work unchanged (search.py sees the `Seq2Seq.start/step` inter
     probs       log p(y) = log (1/k sum_m p_m(y))     (the mean of the probabilities)
     log_probs   log p(y) = 1/k sum_m log p_m(y)       (the mean of the log-probabilities)
 
-`probs` is the default: on Multi30k validation it scored higher (docs/results.md). The
-attention shown is the members' mean; encoder gate values are a single model's and are
+`log_probs` is the default (decode.combine): on Multi30k validation, 4 members, beam 5,
+it scored 40.89 BLEU against 40.88 for `probs` (docs/results.md). The attention shown
+is the members' mean; encoder gate values are a single model's and are
 not shown for an ensemble. Members may differ in size and gate; the caller (the bundle
 loader) checks that they read and write the same text.
 """
@@ -44,7 +45,7 @@ class EnsembleState:
 
 
 class Ensemble(nn.Module):
-    def __init__(self, members: list[Seq2Seq], combine: Combine = "probs"):
+    def __init__(self, members: list[Seq2Seq], combine: Combine = "log_probs"):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one model")

@@ -1,18 +1,21 @@
 """One language of a model: its tokenizer and vocabulary, text <-> ids.
 
 Training, translation, evaluation and the benchmark all encode through a `TextSide`, and
-training pairs pass one filter (`usable_pair`), so every path sees the same ids.
+training text takes one path (`training_sides`: tokenizers, one filter, vocabularies,
+ids), so every user of a corpus sees the same ids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from seq2seq.tokenizer import AnyTokenizer
+from seq2seq.config import Config, VocabConfig
+from seq2seq.tokenizer import AnyTokenizer, SubwordTokenizer, make_tokenizers
 from seq2seq.vocab import Vocabulary
 
 
@@ -48,6 +51,63 @@ class TextSide:
         return None
 
 
+@dataclass
+class ParallelIds:
+    """A corpus as id tensors: pair i is (src[i], trg[i]), each <sos> ... <eos>."""
+
+    src: list[Tensor]
+    trg: list[Tensor]
+    skipped: int = 0  # pairs the training filter dropped
+
+    @property
+    def lengths(self) -> list[int]:
+        """The longer side of each pair, which batching sorts by."""
+        return [max(len(s), len(t)) for s, t in zip(self.src, self.trg, strict=True)]
+
+    @property
+    def target_tokens(self) -> int:
+        """Tokens a model predicts over the corpus: each target after <sos>."""
+        return sum(len(t) - 1 for t in self.trg)
+
+
 def usable_pair(src: list[str], trg: list[str], max_length: int) -> bool:
     """Training keeps a pair when both sides have 1 to max_length tokens."""
     return 0 < len(src) <= max_length and 0 < len(trg) <= max_length
+
+
+def training_sides(
+    config: Config,
+    sources: list[str],
+    targets: list[str],
+    saved_tokenizers: dict[str, Any] | None = None,
+) -> tuple[TextSide, TextSide, ParallelIds]:
+    """The training text path: tokenizers (SentencePiece models trained on these lines,
+    or rebuilt from a checkpoint's), tokens, the one filter, vocabularies from the kept
+    pairs only, ids."""
+    src_tokenizer, trg_tokenizer = make_tokenizers(config, saved_tokenizers, (sources, targets))
+    limit = config.data.max_length
+    tokens = zip(src_tokenizer.tokenize(sources), trg_tokenizer.tokenize(targets), strict=True)
+    pairs = [(s, t) for s, t in tokens if usable_pair(s, t, limit)]
+    src_vocab, trg_vocab = make_vocabularies(src_tokenizer, trg_tokenizer, pairs, config.vocab)
+    src, trg = TextSide(src_tokenizer, src_vocab), TextSide(trg_tokenizer, trg_vocab)
+    ids = ParallelIds(
+        [src.ids(s) for s, _ in pairs], [trg.ids(t) for _, t in pairs], len(sources) - len(pairs)
+    )
+    return src, trg, ids
+
+
+def make_vocabularies(
+    src_tokenizer: AnyTokenizer,
+    trg_tokenizer: AnyTokenizer,
+    pairs: list[tuple[list[str], list[str]]],
+    vocab: VocabConfig,
+) -> tuple[Vocabulary, Vocabulary]:
+    """Subword vocabularies are their SentencePiece models' pieces; word vocabularies
+    count the tokens of the training pairs."""
+    if isinstance(src_tokenizer, SubwordTokenizer):
+        assert isinstance(trg_tokenizer, SubwordTokenizer)
+        return Vocabulary(src_tokenizer.pieces()), Vocabulary(trg_tokenizer.pieces())
+    return (
+        Vocabulary.build((s for s, _ in pairs), vocab.min_freq, vocab.max_size),
+        Vocabulary.build((t for _, t in pairs), vocab.min_freq, vocab.max_size),
+    )

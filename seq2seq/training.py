@@ -44,7 +44,7 @@ from seq2seq.checkpoint import (
     saved_vocabularies,
     saved_weights,
 )
-from seq2seq.config import Config, VocabConfig, load_config, save_config
+from seq2seq.config import Config, load_config, save_config
 from seq2seq.corpus import read_parallel, split_path
 from seq2seq.data import collate, make_batches
 from seq2seq.download import download_multi30k
@@ -54,10 +54,8 @@ from seq2seq.loss import sequence_loss
 from seq2seq.model import Seq2Seq
 from seq2seq.plots import CURVES_FILE, plot_run
 from seq2seq.runlog import METRICS_FILE, MetricsLog, environment
-from seq2seq.text import TextSide
-from seq2seq.tokenizer import AnyTokenizer, SubwordTokenizer, make_tokenizers
+from seq2seq.text import TextSide, training_sides
 from seq2seq.translator import Translator, resolve_device
-from seq2seq.vocab import Vocabulary
 
 CONFIG_FILE = "config.yaml"
 LAST, BEST = "last.pt", "best.pt"
@@ -94,23 +92,6 @@ def read_split(config: Config, split: str) -> tuple[list[str], list[str]]:
     data = config.data
     return read_parallel(
         split_path(data.dir, split, data.src_lang), split_path(data.dir, split, data.trg_lang)
-    )
-
-
-def make_vocabularies(
-    src_tokenizer: AnyTokenizer,
-    trg_tokenizer: AnyTokenizer,
-    pairs: list[tuple[list[str], list[str]]],
-    vocab: VocabConfig,
-) -> tuple[Vocabulary, Vocabulary]:
-    """Subword vocabularies are their SentencePiece models' pieces; word vocabularies
-    count the tokens of the training pairs."""
-    if isinstance(src_tokenizer, SubwordTokenizer):
-        assert isinstance(trg_tokenizer, SubwordTokenizer)
-        return Vocabulary(src_tokenizer.pieces()), Vocabulary(trg_tokenizer.pieces())
-    return (
-        Vocabulary.build((s for s, _ in pairs), vocab.min_freq, vocab.max_size),
-        Vocabulary.build((t for _, t in pairs), vocab.min_freq, vocab.max_size),
     )
 
 
@@ -168,14 +149,9 @@ class Trainer:
         if threads:
             torch.set_num_threads(threads)
 
-        self._load_data(saved_tokenizers(checkpoint) if checkpoint else None)
-        self.model = Seq2Seq(config.model, len(self.src_vocab), len(self.trg_vocab)).to(device)
-        self.bundle = Bundle(
-            config,
-            self.model,
-            TextSide(self.src_tokenizer, self.src_vocab),
-            TextSide(self.trg_tokenizer, self.trg_vocab),
-        )
+        src, trg = self._load_data(saved_tokenizers(checkpoint) if checkpoint else None)
+        self.model = Seq2Seq(config.model, len(src.vocab), len(trg.vocab)).to(device)
+        self.bundle = Bundle(config, self.model, src, trg)
         self.optimizer = make_optimizer(self.model, config.train.learning_rate, device)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
@@ -242,7 +218,7 @@ class Trainer:
         distributed.barrier(self.context)
         return payload
 
-    def _load_data(self, saved_tokenizers: dict[str, Any] | None) -> None:
+    def _load_data(self, saved_tokenizers: dict[str, Any] | None) -> tuple[TextSide, TextSide]:
         """Read the corpus; make the tokenizers (or rebuild a resumed run's) and the
         vocabularies from the training split only; encode the training pairs."""
         config, data = self.config, self.config.data
@@ -254,35 +230,15 @@ class Trainer:
             raise UserError(f"data.dir: folder '{data.dir}' does not exist")
         train_src, train_trg = read_split(config, data.train)
         self.valid_src, self.valid_trg = read_split(config, data.valid)
-        self.src_tokenizer, self.trg_tokenizer = make_tokenizers(
-            config, saved_tokenizers, (train_src, train_trg)
-        )
-        limit = data.max_length
-        pairs = [
-            (s, t)
-            for s, t in zip(
-                self.src_tokenizer.tokenize(train_src),
-                self.trg_tokenizer.tokenize(train_trg),
-                strict=True,
-            )
-            if s and t and len(s) <= limit and len(t) <= limit
-        ]
-        if not pairs:
+        src, trg, self.corpus = training_sides(config, train_src, train_trg, saved_tokenizers)
+        if not self.corpus.src:
             raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
-        vocab = config.vocab
-        self.src_vocab, self.trg_vocab = make_vocabularies(
-            self.src_tokenizer, self.trg_tokenizer, pairs, vocab
-        )
         self._log(
-            f"training pairs: {len(pairs)} ({len(train_src) - len(pairs)} skipped: "
-            f"empty or longer than {limit} tokens); {vocab.type} vocabulary: "
-            f"{len(self.src_vocab)} {data.src_lang}, {len(self.trg_vocab)} {data.trg_lang}"
+            f"training pairs: {len(self.corpus.src)} ({self.corpus.skipped} skipped: "
+            f"empty or longer than {data.max_length} tokens); {config.vocab.type} vocabulary: "
+            f"{len(src.vocab)} {data.src_lang}, {len(trg.vocab)} {data.trg_lang}"
         )
-        self.src_ids = [torch.tensor(self.src_vocab.encode(s)) for s, _ in pairs]
-        self.trg_ids = [torch.tensor(self.trg_vocab.encode(t)) for _, t in pairs]
-        self.lengths = [
-            max(len(s), len(t)) for s, t in zip(self.src_ids, self.trg_ids, strict=True)
-        ]
+        return src, trg
 
     def _restore(self, payload: dict[str, Any]) -> None:
         last = self.run_dir / LAST
@@ -294,7 +250,7 @@ class Trainer:
             )
         for side, vocab, saved in zip(
             ("src", "trg"),
-            (self.src_vocab, self.trg_vocab),
+            (self.bundle.src.vocab, self.bundle.trg.vocab),
             saved_vocabularies(payload),
             strict=True,
         ):
@@ -363,7 +319,7 @@ class Trainer:
     def _train_epoch(self) -> None:
         config, progress, context = self.config.train, self.progress, self.context
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + progress.epoch)
-        batches = make_batches(self.lengths, config.batch_size, config.batch_unit, generator)
+        batches = make_batches(self.corpus.lengths, config.batch_size, config.batch_unit, generator)
         # Each optimizer step takes `span` batches of the epoch's order; rank r trains on
         # every world_size-th of them. Under torchrun the incomplete last span is dropped,
         # so that every rank gets an equal share.
@@ -442,7 +398,7 @@ class Trainer:
         and target tokens over all ranks."""
         config, context = self.config.train, self.context
         batches = [
-            collate(indices, self.src_ids, self.trg_ids).to(self.device) for indices in group
+            collate(indices, self.corpus.src, self.corpus.trg).to(self.device) for indices in group
         ]
         local_tokens = sum(batch.target_tokens for batch in batches)
         tokens = int(distributed.all_sum([local_tokens], context, self.device)[0])
