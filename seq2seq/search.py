@@ -7,6 +7,7 @@ loop is over output time steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -85,6 +86,36 @@ def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
     return ((5.0 + lengths.float()) / 6.0) ** alpha
 
 
+@dataclass
+class Beams:
+    """The R sentences still searching, K beams each: beam j of running sentence r is row
+    r*K + j of every [R*K] tensor and of the decoder state."""
+
+    sentences: Tensor  # [R] batch index of each running sentence
+    rows: Tensor  # [R*K] full-batch row (b*K + j) of each beam
+    scores: Tensor  # [R,K] summed log-probabilities
+    lengths: Tensor  # [R*K] tokens emitted, <eos> included
+    finished: Tensor  # [R*K] the beam has emitted <eos> or reached its limit
+    limits: Tensor  # [R*K] longest output allowed
+    tokens: Tensor  # [R*K] the token each beam emitted last
+    state: Any  # the model's SearchState (or EnsembleState) of the R*K rows
+
+    def select(self, keep: Tensor) -> Beams:
+        """Only the sentences `keep` [R'] (indices into the running ones)."""
+        size = self.scores.size(1)
+        rows = (keep.unsqueeze(1) * size + torch.arange(size, device=keep.device)).view(-1)
+        return Beams(
+            self.sentences[keep],
+            self.rows[rows],
+            self.scores[keep],
+            self.lengths[rows],
+            self.finished[rows],
+            self.limits[rows],
+            self.tokens[rows],
+            self.state.select(rows),
+        )
+
+
 @torch.inference_mode()
 def beam_search(
     model: Searchable,
@@ -101,76 +132,87 @@ def beam_search(
     log-probability divided by the length penalty. A finished beam stays in the beam
     with exactly one continuation, <eos> at no cost, so its score and length freeze.
     A sentence whose beams have all finished leaves the decoder batch; the search ends
-    when every sentence has. Returns, per
-    sentence, the `nbest` best hypotheses, best first.
+    when every sentence has. Returns, per sentence, the `nbest` best hypotheses, best first.
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 1 and the beam size, got {nbest}")
     state = model.start(src, src_lengths)
     gates = state.gates
     batch_size, device = src.size(0), src.device
-    beams = torch.arange(beam_size, device=device)
-    rows = torch.arange(batch_size, device=device).repeat_interleave(beam_size)  # [B*K]
-    state = state.select(rows)  # [B*K,...]
-    max_lengths = max_lengths.to(device)[rows]  # [B*K]
-    # A sentence whose K beams have all finished leaves the decoder batch: the loop works
-    # on the R sentences still running (sentence b's beams are rows b*K ... b*K+K-1 of the
-    # full batch, `running_rows`), and a leaving sentence's scores and lengths are written
-    # into final_scores and final_lengths.
-    running = torch.arange(batch_size, device=device)  # [R]
-    running_rows = torch.arange(batch_size * beam_size, device=device)  # [R*K]
-    scores = torch.full((batch_size, beam_size), float("-inf"), device=device)  # [R,K]
+    rows = torch.arange(batch_size * beam_size, device=device)  # [B*K]
+    limits = max_lengths.to(device).repeat_interleave(beam_size)  # [B*K]
+    scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam at the start, so the first step picks K distinct tokens
-    lengths = torch.zeros(batch_size * beam_size, dtype=torch.long, device=device)  # [R*K]
-    finished = torch.zeros(batch_size * beam_size, dtype=torch.bool, device=device)  # [R*K]
-    limits = max_lengths  # [R*K]
-    final_scores, final_lengths = torch.empty_like(scores), torch.empty_like(lengths)
-    tokens = torch.full((batch_size * beam_size,), SOS, dtype=torch.long, device=device)
-    frozen = None  # [V] log-probs of a finished beam: 0 for <eos>, -inf elsewhere
-    emitted, origins, attention = [], [], []
+    no = torch.zeros(batch_size * beam_size, dtype=torch.bool, device=device)
+    beams = Beams(
+        torch.arange(batch_size, device=device), rows, scores, torch.zeros_like(rows), no,
+        limits, torch.full_like(rows, SOS), state.select(rows // beam_size),
+    )  # fmt: skip
+    final_scores, final_lengths = torch.empty_like(scores), torch.empty_like(rows)
+    emitted, origins, attention = [], [], []  # full-batch records of each step
     # Every step lengthens each unfinished beam, so all have finished by the last step.
-    for _ in range(int(max_lengths.max())):
-        log_probs, state, weights = model.step(tokens, state)  # [R*K,V]
-        count, vocab_size = running.size(0), log_probs.size(1)
-        if frozen is None:
-            frozen = torch.full((vocab_size,), float("-inf"), device=device)
-            frozen[EOS] = 0.0
-        log_probs = torch.where(finished.unsqueeze(1), frozen, log_probs)
-        grown = lengths + (~finished).long()  # [R*K] lengths after this step
-        totals = scores.view(-1, 1) + log_probs  # [R*K,V] summed log-probs
-        ranked = (totals / length_penalty(grown, alpha).unsqueeze(1)).view(count, -1)
-        best = ranked.topk(beam_size, dim=1).indices  # [R,K] into the K*V candidates
-        first = (torch.arange(count, device=device) * beam_size).unsqueeze(1)  # [R,1]
-        previous = (best // vocab_size + first).view(-1)  # [R*K] running row each beam extends
-        tokens = (best % vocab_size).view(-1)
-        scores = totals.view(count, -1).gather(1, best)
-        state, lengths = state.reorder(previous), grown[previous]
-        finished = finished[previous] | (tokens == EOS) | (lengths >= limits)
-        # Full-batch records; rows of sentences that left repeat <eos> from themselves.
-        emitted.append(torch.full_like(max_lengths, EOS).index_copy_(0, running_rows, tokens))
-        origins.append(
-            torch.arange(batch_size * beam_size, device=device).index_copy_(
-                0, running_rows, running_rows[previous]
-            )
-        )
+    for _ in range(int(limits.max())):
+        beams, previous, weights = _advance(model, beams, alpha)
+        # Rows of sentences that left repeat <eos> from themselves.
+        emitted.append(torch.full_like(rows, EOS).index_copy_(0, beams.rows, beams.tokens))
+        origins.append(rows.clone().index_copy_(0, beams.rows, beams.rows[previous]))
         attention.append(
-            weights.new_zeros(batch_size * beam_size, weights.size(1)).index_copy_(
-                0, running_rows, weights[previous]
-            )
+            weights.new_zeros(len(rows), weights.size(1)).index_copy_(0, beams.rows, weights)
         )
-        stopped = finished.view(count, beam_size).all(dim=1)  # [R]
+        stopped = beams.finished.view(-1, beam_size).all(dim=1)  # [R]
         if bool(stopped.any()):
-            leaving = (stopped.nonzero() * beam_size + beams).view(-1)  # running rows
-            final_scores[running[stopped]] = scores[stopped]
-            final_lengths[running_rows[leaving]] = lengths[leaving]
+            leaving = beams.select(stopped.nonzero().squeeze(1))
+            final_scores[leaving.sentences] = leaving.scores
+            final_lengths[leaving.rows] = leaving.lengths
             if bool(stopped.all()):
                 break
-            keep = ((~stopped).nonzero() * beam_size + beams).view(-1)  # running rows kept
-            running, running_rows, scores = running[~stopped], running_rows[keep], scores[~stopped]
-            tokens, state = tokens[keep], state.select(keep)
-            lengths, finished, limits = lengths[keep], finished[keep], limits[keep]
-    # Follow the back-pointers from the final beams to the first step.
-    row = torch.arange(batch_size * beam_size, device=device)
+            beams = beams.select((~stopped).nonzero().squeeze(1))
+    normalized = final_scores.view(-1) / length_penalty(final_lengths, alpha)  # [B*K]
+    return _best(emitted, origins, attention, normalized, src_lengths, limits, gates, nbest)
+
+
+def _advance(model: Searchable, beams: Beams, alpha: float) -> tuple[Beams, Tensor, Tensor]:
+    """One step: every beam's K best continuations, the K best of those per sentence.
+    -> (the beams after the step, the running row each extends [R*K], its attention)."""
+    log_probs, state, weights = model.step(beams.tokens, beams.state)  # [R*K,V]
+    count, size = beams.scores.shape
+    vocab_size = log_probs.size(1)
+    # A finished beam's only continuation is <eos> at no cost.
+    frozen = torch.full((vocab_size,), float("-inf"), device=log_probs.device)
+    frozen[EOS] = 0.0
+    log_probs = torch.where(beams.finished.unsqueeze(1), frozen, log_probs)
+    grown = beams.lengths + (~beams.finished).long()  # [R*K] lengths after this step
+    totals = beams.scores.view(-1, 1) + log_probs  # [R*K,V] summed log-probs
+    ranked = (totals / length_penalty(grown, alpha).unsqueeze(1)).view(count, -1)
+    best = ranked.topk(size, dim=1).indices  # [R,K] into the K*V candidates
+    first = (torch.arange(count, device=best.device) * size).unsqueeze(1)  # [R,1]
+    previous = (best // vocab_size + first).view(-1)  # [R*K] running row each beam extends
+    tokens = (best % vocab_size).view(-1)
+    lengths = grown[previous]
+    finished = beams.finished[previous] | (tokens == EOS) | (lengths >= beams.limits)
+    scores = totals.view(count, -1).gather(1, best)
+    advanced = Beams(
+        beams.sentences, beams.rows, scores, lengths, finished, beams.limits, tokens,
+        state.reorder(previous),
+    )  # fmt: skip
+    return advanced, previous, weights[previous]
+
+
+def _best(
+    emitted: list[Tensor],
+    origins: list[Tensor],
+    attention: list[Tensor],
+    normalized: Tensor,
+    src_lengths: Tensor,
+    limits: Tensor,
+    gates: GateValues | None,
+    nbest: int,
+) -> list[list[Hypothesis]]:
+    """Follow the back-pointers from the final beams to the first step; the `nbest` best
+    of each sentence by normalized score [B*K]."""
+    batch_size = src_lengths.size(0)
+    beam_size = normalized.size(0) // batch_size
+    row = torch.arange(normalized.size(0), device=normalized.device)
     ids, alignments = [], []
     for step in reversed(range(len(emitted))):
         ids.append(emitted[step][row])
@@ -178,17 +220,16 @@ def beam_search(
         row = origins[step][row]
     ids_tensor = torch.stack(ids[::-1], dim=1)  # [B*K,T]
     attention_tensor = torch.stack(alignments[::-1], dim=1)  # [B*K,T,S]
-    normalized = final_scores.view(-1) / length_penalty(final_lengths, alpha)  # [B*K]
     order = normalized.view(batch_size, beam_size).argsort(dim=1, descending=True)[:, :nbest]
-    first_rows = (torch.arange(batch_size, device=device) * beam_size).unsqueeze(1)  # [B,1]
+    first_rows = (torch.arange(batch_size, device=row.device) * beam_size).unsqueeze(1)
     picked = (order + first_rows).view(-1)  # [B*nbest]
     flat = _hypotheses(
         ids_tensor[picked],
         normalized[picked],
         attention_tensor[picked],
         src_lengths.repeat_interleave(nbest),
-        max_lengths[picked],
-        None if gates is None else gates.select(rows[picked]),
+        limits[picked],
+        None if gates is None else gates.select(picked // beam_size),
     )
     return [flat[i * nbest : (i + 1) * nbest] for i in range(batch_size)]
 
