@@ -2,7 +2,7 @@
 back to back against a faithful reading of the public tutorial's computation.
 
     python scripts/benchmark.py --config configs/multi30k_de_en_tutorial.yaml \
-        --data ../shared/data/multi30k --checkpoint runs/multi30k_de_en_tutorial/best.pt
+        --data data/multi30k --checkpoint runs/multi30k_de_en_tutorial/best.pt
 
 Training (same model sizes, same batches, same threads, interleaved timed windows):
 - tutorial: its operations one for one (TutorialDecoder below, on our weights): attention

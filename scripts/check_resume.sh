@@ -4,7 +4,7 @@
 # scores are identical. Usage: bash scripts/check_resume.sh [DATA_DIR]
 set -u
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data/multi30k}
+DATA=${1:-data/multi30k}
 S="--config configs/multi30k_de_en_tutorial.yaml --set data.dir=$DATA --set train.max_steps=20 --set train.threads=1 --set train.save_every=5"
 rm -rf /tmp/m30k_a /tmp/m30k_b
 seq2seq train $S --run-dir /tmp/m30k_a > /tmp/m30k_a.log 2>&1

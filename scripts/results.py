@@ -1,7 +1,7 @@
 """Results-table rows for a run folder: test scores of best.pt (greedy and beam) and, when
 the run kept checkpoints, of their average; training epochs and time from metrics.jsonl.
 
-    python scripts/results.py runs/multi30k_de_en_tutorial --data ../shared/data/multi30k
+    python scripts/results.py runs/multi30k_de_en_tutorial --data data/multi30k
 
 Prints one Markdown row per decoding setting:
 | run | model | decoding | test ppl | free-running ppl | tokenized BLEU | sacreBLEU | chrF |

@@ -27,7 +27,7 @@ def score_corpus(hypotheses: list[str], references: list[str], tokenizer: Tokeni
     """Score detokenized hypotheses against raw reference lines.
 
     Tokenized BLEU re-tokenizes both sides with the target language's spaCy tokenizer and
-    lowercases the tokens (DESIGN.md: the tutorial's measure), so it is the same measure
+    lowercases the tokens (the tutorial's measure, docs/design.md), so it is the same measure
     for any hypothesis text: a cased or lowercased word model's output, a subword
     model's, or a file of translations."""
     bleu, chrf = BLEU(), CHRF()
