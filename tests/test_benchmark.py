@@ -42,9 +42,10 @@ def test_tutorial_forward_trains_the_same_parameters() -> None:
     assert all(p.grad is not None for n, p in model.named_parameters() if "encoder_gate" not in n)
 
 
-def test_tutorial_translation_equals_our_greedy_search(toy_translator) -> None:
+def test_tutorial_translation_equals_our_greedy_search(toy_translator, monkeypatch) -> None:
     decoder = benchmark.TutorialDecoder(toy_translator.model)
-    toy_translator.decode = toy_translator.decode.model_copy(update={"beam_size": 1})
+    greedy = toy_translator.decode.model_copy(update={"beam_size": 1})
+    monkeypatch.setattr(toy_translator, "decode", greedy)  # the translator is shared
     sentences = ["ein mann", "zwei hunde laufen", "eine frau"]
     ours = [t.text for t in toy_translator.translate(sentences)]
     assert [benchmark.tutorial_translate(decoder, toy_translator, s) for s in sentences] == ours
