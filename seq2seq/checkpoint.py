@@ -73,7 +73,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+    try:
+        is_zip = zipfile.is_zipfile(path)  # torch.save writes zip archives
+    except zipfile.BadZipFile as e:  # a damaged end record, e.g. "span multiple disks"
+        raise UserError(f"{path}: damaged seq2seq checkpoint ({e})") from None
+    if not is_zip:
         raise UserError(f"{path}: not a seq2seq checkpoint (truncated, or another kind of file)")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 5": one line on stderr
@@ -90,6 +94,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a seq2seq checkpoint")
     version = payload.get("format_version")
+    if isinstance(version, int) and version < 1:
+        raise UserError(f"{path}: damaged seq2seq checkpoint (format version {version})")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(
             f"{path}: checkpoint format {version} is newer than this seq2seq reads "

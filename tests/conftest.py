@@ -50,7 +50,10 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from seq2seq.training import train
 
     run_dir = tmp_path_factory.mktemp("toy") / "run"
-    return Path(train(load_config(TOY_CONFIG, toy_overrides(run_dir))))
+    # Validated once, at the end (each validation also draws curves.png): half the time of
+    # validating every epoch, and the model translates the toy test set as well.
+    overrides = toy_overrides(run_dir, "train.validate_every=100000")
+    return Path(train(load_config(TOY_CONFIG, overrides)))
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +63,26 @@ def toy_checkpoint(toy_run: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_translator(toy_checkpoint: Path):
+    """Shared by the whole session: a test that changes its decode settings must use
+    monkeypatch (checked after every test that uses it)."""
     from seq2seq.translator import Translator
 
     return Translator.from_checkpoint(toy_checkpoint, "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _toy_translator_left_as_found(request: pytest.FixtureRequest):
+    """Fails the test that leaves the session's translator with other decode settings or
+    in training mode, instead of a later test that compares with it."""
+    if "toy_translator" not in request.fixturenames:
+        yield
+        return
+    translator = request.getfixturevalue("toy_translator")
+    decode = translator.decode
+    yield
+    assert translator.decode == decode and not translator.models[0].training, (
+        "this test changed the shared toy_translator; use monkeypatch.setattr"
+    )
 
 
 def run_cli(

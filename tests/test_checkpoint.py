@@ -7,11 +7,14 @@ import io
 import os
 import pickle
 import random
+import struct
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seq2seq import checkpoint
@@ -36,6 +39,38 @@ def refused(path: Path) -> str:
     assert str(path) in message
     assert "\n" not in message
     return message
+
+
+# Which check of load_checkpoint refused a file, told by its message.
+NOT_A_ZIP = "not a seq2seq checkpoint (truncated, or another kind of file)"  # the zip check
+PICKLE = "refused: it holds pickled Python objects"  # torch.load(weights_only=True) refused
+DAMAGED = "damaged seq2seq checkpoint"  # a zip archive that torch.load cannot read
+NOT_OURS = "not a seq2seq checkpoint"  # read, but not a dict of our format
+VERSION = "checkpoint format"
+
+
+def branch(path: Path) -> str:
+    message = refused(path)
+    for name, text in (("not a zip", NOT_A_ZIP), ("pickle", PICKLE), ("damaged", DAMAGED),
+                       ("version", VERSION)):  # fmt: skip
+        if text in message:
+            return name
+    assert message.endswith(NOT_OURS), message
+    return "not ours"
+
+
+def rewrite_archive(path: Path, change: Callable[[dict[str, bytes]], dict[str, bytes]]) -> None:
+    """Replace the members of the zip archive at `path` by change(members)."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in change(members).items():
+            archive.writestr(name, data)
+
+
+def member(members: dict[str, bytes], suffix: str) -> str:
+    (name,) = [name for name in members if name.endswith(suffix)]
+    return name
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -77,7 +112,7 @@ def test_truncated_file(tmp_path: Path) -> None:
     data = path.read_bytes()
     for size in (0, 10, len(data) // 2, len(data) - 1):
         path.write_bytes(data[:size])
-        refused(path)
+        assert branch(path) == "not a zip"  # a zip's directory is at its end
 
 
 @pytest.mark.parametrize(
@@ -93,16 +128,90 @@ def test_truncated_file(tmp_path: Path) -> None:
 def test_foreign_bytes(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "foreign.pt"
     path.write_bytes(data)
-    refused(path)
+    assert branch(path) == "not a zip"
 
 
+@settings(max_examples=20)  # they all stop at the zip check: a few show it holds
 @given(data=st.binary(max_size=300), prefix=st.sampled_from([b"", b"\x80\x02", b"\x80\x05", b"PK"]))
 def test_any_bytes_are_refused_as_user_errors(
     tmp_path_factory: pytest.TempPathFactory, data: bytes, prefix: bytes
 ) -> None:
     path = tmp_path_factory.mktemp("fuzz") / "f.pt"
     path.write_bytes(prefix + data)
-    refused(path)
+    assert branch(path) == "not a zip"
+
+
+@pytest.fixture(scope="module")
+def valid_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("valid") / "model.pt"
+    save_checkpoint(payload(), path)
+    return path.read_bytes()
+
+
+@settings(max_examples=300)  # about 1 ms each
+@given(position=st.integers(0, 10_000), value=st.integers(1, 255))
+def test_a_damaged_archive_is_refused_or_read_never_a_crash(
+    tmp_path_factory: pytest.TempPathFactory, valid_bytes: bytes, position: int, value: int
+) -> None:
+    """One byte of a real checkpoint changed: the archive passes the zip check unless its
+    directory was hit; whatever torch.load then meets is a UserError (or, for a byte of
+    tensor data or of a field nobody reads, the checkpoint still loads)."""
+    data = bytearray(valid_bytes)
+    position %= len(data)
+    data[position] ^= value  # never the same byte
+    path = tmp_path_factory.mktemp("damaged") / "model.pt"
+    path.write_bytes(bytes(data))
+    try:
+        loaded = load_checkpoint(path)
+    except UserError:
+        branch(path)
+    else:
+        assert loaded["format"] == FORMAT
+
+
+def test_each_check_refuses_what_it_claims(tmp_path: Path, valid_bytes: bytes) -> None:
+    """Real zip archives, each built to pass the checks before the one it names."""
+    path = tmp_path / "model.pt"
+
+    def archive(change: Callable[[dict[str, bytes]], dict[str, bytes]]) -> Path:
+        path.write_bytes(valid_bytes)
+        rewrite_archive(path, change)
+        assert zipfile.is_zipfile(path)
+        return path
+
+    assert load_checkpoint(archive(lambda m: m))["format"] == FORMAT  # rewriting alone is fine
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps({"format": FORMAT, "model": RunsCode(marker)}, protocol=2)
+    assert branch(archive(lambda m: {**m, member(m, "data.pkl"): evil})) == "pickle"
+    assert not marker.exists()
+    harmless_but_foreign = pickle.dumps({"format": FORMAT, "path": Path("x")}, protocol=2)
+    assert branch(archive(lambda m: {**m, member(m, "data.pkl"): harmless_but_foreign})) == (
+        "pickle"
+    )
+    not_a_dict = pickle.dumps([FORMAT, 1], protocol=2)
+    assert branch(archive(lambda m: {**m, member(m, "data.pkl"): not_a_dict})) == "not ours"
+    without_pickle = archive(lambda m: {k: v for k, v in m.items() if not k.endswith("data.pkl")})
+    assert branch(without_pickle) == "damaged"
+    without_tensor = archive(lambda m: {k: v for k, v in m.items() if not k.endswith("data/0")})
+    assert branch(without_tensor) == "damaged"
+    short_tensor = archive(lambda m: {**m, member(m, "data/0"): m[member(m, "data/0")][:5]})
+    assert branch(short_tensor) == "damaged"
+    half_pickle = archive(lambda m: {**m, member(m, "data.pkl"): m[member(m, "data.pkl")][:40]})
+    assert branch(half_pickle) == "damaged"
+    assert branch(archive(lambda m: {"notes.txt": b"a zip, but not torch's"})) == "damaged"
+
+
+def test_a_damaged_zip_end_record_is_a_user_error(tmp_path: Path, valid_bytes: bytes) -> None:
+    """zipfile.is_zipfile itself raises BadZipFile when the zip64 end record claims the
+    archive spans several disks."""
+    locator = valid_bytes.rfind(b"PK\x06\x07")  # zip64 end of central directory locator
+    assert locator > 0
+    for field in (4, 16):  # the disk holding the end record, the number of disks
+        data = bytearray(valid_bytes)
+        struct.pack_into("<I", data, locator + field, 7)
+        path = tmp_path / f"disks{field}.pt"
+        path.write_bytes(bytes(data))
+        assert branch(path) == "damaged"
 
 
 @pytest.mark.parametrize(
@@ -111,14 +220,22 @@ def test_any_bytes_are_refused_as_user_errors(
 def test_torch_file_that_is_not_ours(tmp_path: Path, obj: object) -> None:
     path = tmp_path / "other.pt"
     torch.save(obj, path)
-    assert "not a seq2seq checkpoint" in refused(path)
+    assert branch(path) == "not ours"
 
 
 @pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 99, "1", None])
 def test_format_version_too_new_or_bad(tmp_path: Path, version: object) -> None:
     path = tmp_path / "future.pt"
     torch.save({"format": FORMAT, "format_version": version, "model": {}}, path)
-    assert "upgrade seq2seq" in refused(path)
+    assert branch(path) == "version" and "upgrade seq2seq" in refused(path)
+
+
+@pytest.mark.parametrize("version", [0, -1])
+def test_format_version_below_one_is_refused(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "bad.pt"
+    torch.save({"format": FORMAT, "format_version": version, "model": {}}, path)
+    message = refused(path)
+    assert f"format version {version}" in message and "upgrade" not in message
 
 
 class RunsCode:
@@ -143,7 +260,8 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path, how: str) -> No
     else:
         path.write_bytes(pickle.dumps(evil))
     assert not marker.exists()
-    refused(path)
+    # Only torch.save's zip reaches torch.load(weights_only=True); the others are no zip.
+    assert branch(path) == ("pickle" if how == "torch.save" else "not a zip")
     assert not marker.exists(), "loading the checkpoint ran code"
     # The payload really is armed: plain pickle would have run it.
     pickle.loads(pickle.dumps(RunsCode(marker)))
@@ -223,3 +341,45 @@ def test_interrupted_save_cleans_up_and_propagates(
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(payload(), path)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- averaging -----------------------------------------------------------------------------
+
+
+def test_average_is_the_mean_of_the_weights(tmp_path: Path) -> None:
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    save_checkpoint(payload(), paths[0])
+    shifted = payload()
+    shifted["model"] = {"w": shifted["model"]["w"] + 1.0, "b": torch.full((3,), 3)}
+    save_checkpoint(shifted, paths[1])
+    averaged = checkpoint.average_checkpoints(paths)
+    assert torch.equal(averaged["model"]["w"], torch.arange(6.0).reshape(2, 3) + 0.5)
+    assert averaged["model"]["b"].dtype == torch.long and averaged["model"]["b"].tolist() == [1] * 3
+    assert "training" not in averaged and averaged["vocab"] == payload()["vocab"]
+
+
+def test_average_of_nothing_is_refused() -> None:
+    with pytest.raises(UserError, match="no checkpoints given"):
+        checkpoint.average_checkpoints([])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p["vocab"]["trg"].append("cat"), "a different model or vocabulary"),
+        (lambda p: p["model"].pop("b"), "a different model or vocabulary"),
+        (lambda p: p["model"].update(w=torch.zeros(3)), r"w has shape \(3,\), not \(2, 3\)"),
+    ],
+    ids=["vocabulary", "weights", "shape"],  # a [3] tensor would broadcast onto [2, 3]
+)
+def test_average_refuses_checkpoints_that_do_not_match(
+    tmp_path: Path, change: Callable[[dict], object], message: str
+) -> None:
+    first, other = tmp_path / "a.pt", tmp_path / "b.pt"
+    save_checkpoint(payload(), first)
+    changed = payload()
+    change(changed)
+    save_checkpoint(changed, other)
+    with pytest.raises(UserError, match=message) as caught:
+        checkpoint.average_checkpoints([first, other])
+    assert str(other) in str(caught.value)

@@ -7,16 +7,23 @@ processes and their variations run `seq2seq.cli.main()` in this process (`cli`).
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sacrebleu
+import spacy
+import torch
+import torch.nn.functional as F
 from conftest import TOY_CONFIG, TOY_DATA, run_cli, toy_overrides
 
+import seq2seq.cli
 from seq2seq.corpus import read_lines
-from seq2seq.evaluation import evaluate
+from seq2seq.errors import UserError
 from seq2seq.translator import Translator
 
 SOURCES = read_lines(TOY_DATA / "test.de")
@@ -35,20 +42,17 @@ def test_help_lists_the_commands() -> None:
         assert command in out
 
 
-def test_train_writes_the_run(tmp_path: Path) -> None:
+def test_train_writes_the_run(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "run"
-    code, out, err = run_cli(
-        "train",
-        "--config",
-        TOY_CONFIG,
-        *sets(*toy_overrides(run_dir, "train.epochs=1")),
-        cwd=tmp_path,  # paths in the config must not depend on the working folder
+    monkeypatch.chdir(tmp_path)  # paths in the config must not depend on the working folder
+    code, out, err = cli(
+        "train", "--config", TOY_CONFIG, *sets(*toy_overrides(run_dir, "train.max_steps=30"))
     )
     assert code == 0, err
     assert out == "", "training reports on stderr; stdout stays clean"
-    for name in ("best.pt", "last.pt", "config.yaml"):
+    for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl", "curves.png"):
         assert (run_dir / name).is_file(), name
-    assert "Traceback" not in err
+    assert f"done: {run_dir / 'best.pt'}" in err
     (translation,) = Translator.from_checkpoint(run_dir / "best.pt", "cpu").translate(SOURCES[:1])
     assert translation.text
 
@@ -115,16 +119,50 @@ def test_evaluate_prints_scores_with_signature(toy_checkpoint: Path, tmp_path: P
         output,
     )
     assert code == 0, err
+    hypotheses = read_lines(output)
+    assert len(hypotheses) == len(SOURCES)
     lines = out.splitlines()
-    assert any(line.startswith("BLEU = ") and SIGNATURE in line for line in lines)
-    assert any(line.startswith("chrF = ") for line in lines)
-    assert any(line.startswith("tokenized BLEU = ") for line in lines)
-    assert any(line.startswith("perplexity = ") for line in lines)
-    assert len(output.read_text(encoding="utf-8").splitlines()) == len(SOURCES)
+    assert lines[0] == f"{len(SOURCES)} sentences translated, beam 5, alpha 0.6"
+    bleu = sacrebleu.corpus_bleu(hypotheses, [REFERENCES])
+    assert lines[1] == f"BLEU = {bleu.score:.2f}  ({SIGNATURE}{sacrebleu.__version__})"
+    chrf = sacrebleu.corpus_chrf(hypotheses, [REFERENCES]).score
+    assert lines[2].startswith(f"chrF = {chrf:.2f}  (")
+    assert lines[3].startswith("tokenized BLEU = ") and lines[4].startswith("perplexity = ")
 
 
-def test_evaluate_json(toy_checkpoint: Path, toy_translator) -> None:
-    code, out, err = run_cli(
+def spacy_bleu(hypotheses: list[str], references: list[str]) -> float:
+    """The tutorial's measure written out: BLEU-4 over lowercased spaCy words."""
+    nlp = spacy.blank("en")
+
+    def words(line: str) -> str:
+        return " ".join(token.text.lower() for token in nlp.tokenizer(line) if not token.is_space)
+
+    hyp, ref = [words(line) for line in hypotheses], [words(line) for line in references]
+    return sacrebleu.corpus_bleu(hyp, [ref], tokenize="none", force=True).score
+
+
+def loss_one_by_one(checkpoint: Path) -> float:
+    """Mean cross-entropy per reference token, gold previous tokens fed, one sentence at a
+    time (no batching, no padding)."""
+    translator = Translator.from_checkpoint(checkpoint, "cpu")
+    total, tokens = 0.0, 0
+    src_words = translator.src.tokenize(SOURCES)
+    trg_words = translator.trg.tokenize(REFERENCES)
+    with torch.no_grad():
+        for source, target in zip(src_words, trg_words, strict=True):
+            src = translator.src.ids(source)[None]
+            trg = translator.trg.ids(target)
+            logits = translator.models[0](src, torch.tensor([src.size(1)]), trg[None, :-1], 1.0)[0]
+            total += float(F.cross_entropy(logits, trg[1:], reduction="sum"))
+            tokens += len(trg) - 1
+    return total / tokens
+
+
+def test_evaluate_json(toy_checkpoint: Path, tmp_path: Path, cli) -> None:
+    """The scores, recomputed from the translations the command wrote: sacreBLEU, and the
+    tutorial's tokenized BLEU and perplexity written out here."""
+    output = tmp_path / "hyp.en"
+    code, out, err = cli(
         "evaluate",
         "--model",
         toy_checkpoint,
@@ -133,6 +171,8 @@ def test_evaluate_json(toy_checkpoint: Path, toy_translator) -> None:
         "--ref",
         TOY_DATA / "test.en",
         "--json",
+        "--output",
+        output,
     )
     assert code == 0, err
     assert out.count("\n") == 1, "one JSON object on one line"
@@ -141,9 +181,80 @@ def test_evaluate_json(toy_checkpoint: Path, toy_translator) -> None:
     for key in ("bleu", "chrf", "tokenized_bleu", "perplexity"):
         assert isinstance(result[key], float), key
     assert SIGNATURE in result["bleu_signature"]
-    expected = evaluate(toy_translator, SOURCES, REFERENCES)
-    assert result["bleu"] == pytest.approx(expected.scores.bleu)
-    assert result["perplexity"] == pytest.approx(expected.perplexity, rel=1e-4)
+    assert result["beam"] == 5 and result["sentences"] == len(SOURCES)  # the checkpoint's
+    hypotheses = read_lines(output)
+    assert result["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [REFERENCES]).score)
+    assert result["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [REFERENCES]).score)
+    assert result["tokenized_bleu"] == pytest.approx(spacy_bleu(hypotheses, REFERENCES))
+    loss = loss_one_by_one(toy_checkpoint)
+    assert result["loss"] == pytest.approx(loss, rel=1e-4)
+    assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-6)
+
+
+def test_evaluate_a_hypothesis_file_with_an_independent_scorer(tmp_path: Path, cli) -> None:
+    hypotheses = [line.lower().replace("a ", "the ", 1) for line in REFERENCES]
+    hyp = tmp_path / "hyp.en"
+    hyp.write_text("".join(line + "\n" for line in hypotheses), encoding="utf-8")
+    code, out, err = cli("evaluate", "--hyp", hyp, "--ref", TOY_DATA / "test.en", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    bleu = sacrebleu.corpus_bleu(hypotheses, [REFERENCES]).score
+    assert 0 < bleu < 90 and result["bleu"] == pytest.approx(bleu)
+    assert result["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [REFERENCES]).score)
+    tokenized = spacy_bleu(hypotheses, REFERENCES)
+    assert tokenized > bleu and result["tokenized_bleu"] == pytest.approx(tokenized)  # lowercased
+
+
+# -- cli.main: a bug is exit 1 with a hint, Ctrl-C is exit 130 ---------------------------
+
+
+@pytest.fixture
+def failing_translate(monkeypatch: pytest.MonkeyPatch):
+    """Make `translate` raise the given exception where it loads the model."""
+    import seq2seq.translator
+
+    def fail_with(error: BaseException) -> None:
+        def load(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(seq2seq.translator.Translator, "from_checkpoint", load)
+
+    monkeypatch.setattr(seq2seq.cli, "_debug", False)  # --debug sets a module global
+    return fail_with
+
+
+def test_an_internal_error_is_exit_1_with_a_hint(failing_translate, cli) -> None:
+    failing_translate(ZeroDivisionError("division by zero"))
+    code, out, err = cli("translate", "-m", "model.pt", input=b"Ein Hund.\n")
+    assert code == 1 and out == ""
+    assert err == "internal error: ZeroDivisionError: division by zero (rerun with --debug)\n"
+
+
+def test_debug_shows_the_traceback(failing_translate, monkeypatch: pytest.MonkeyPatch) -> None:
+    failing_translate(ZeroDivisionError("division by zero"))
+    monkeypatch.setattr(sys, "argv", ["seq2seq", "--debug", "translate", "-m", "model.pt"])
+    with pytest.raises(ZeroDivisionError):
+        seq2seq.cli.main()
+    failing_translate(UserError("a user mistake"))
+    with pytest.raises(UserError):
+        seq2seq.cli.main()
+
+
+def test_ctrl_c_is_exit_130(failing_translate, cli) -> None:
+    failing_translate(KeyboardInterrupt())
+    code, out, err = cli("translate", "-m", "model.pt", input=b"Ein Hund.\n")
+    # Typer itself turns Ctrl-C into a quiet exit 130, before main() would print "interrupted".
+    assert code == 130 and out == "" and err.strip() in ("", "interrupted")
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path: Path, cli) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--config", TOY_CONFIG, *sets(*toy_overrides(run_dir, "train.max_steps=1"))]
+    code, out, err = cli("train", *args, "--resume", "--overwrite")
+    check_mistake(code, err, ["--resume and --overwrite"])
+    assert not run_dir.exists()
+    code, out, err = cli("train", "--run-dir", run_dir)
+    check_mistake(code, err, ["train needs --config FILE (or --resume --run-dir RUN_DIR)"])
 
 
 # -- user mistakes: exit status 2, one line on stderr, no traceback ---------------------

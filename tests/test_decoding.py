@@ -7,14 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
+import sacrebleu
 import torch
-from conftest import ROOT, random_batch, run_cli, tiny_model
+from conftest import ROOT, random_batch, tiny_model
 from hypothesis import given
 from hypothesis import strategies as st
 
+from seq2seq.corpus import read_lines
 from seq2seq.search import beam_search, greedy_search, length_penalty, max_output_lengths
 from seq2seq.translator import Translation, replace_unknown
-from seq2seq.vocab import EOS
+from seq2seq.vocab import EOS, SOS, UNK
 
 
 def _batch(lengths: list[int], vocab: int = 13, seed: int = 0):
@@ -93,6 +95,92 @@ def test_finished_sentences_leave_the_decoder_batch(monkeypatch: pytest.MonkeyPa
     assert rows_per_step == [2, 1, 1, 1]
 
 
+def every_output(model, src: torch.Tensor, limit: int) -> dict[tuple[int, ...], tuple[float, int]]:
+    """Exhaustive search for one sentence [1,S]: every output a search may return, by the
+    rules of seq2seq/search.py: ids ending in <eos> (which is scored and counted in the
+    length), or cut at `limit` ids -> (summed step log-probabilities, length)."""
+    memory, state = model.encode(src, torch.tensor([src.size(1)]))
+    outputs: dict[tuple[int, ...], tuple[float, int]] = {}
+    prefixes: list[tuple[int, ...]] = [()]
+    scores = [0.0]
+    with torch.no_grad():
+        for t in range(limit):
+            tokens = torch.tensor([prefix[-1] if prefix else SOS for prefix in prefixes])
+            rows = torch.zeros(len(prefixes), dtype=torch.long)
+            log_probs, state, _ = model.decoder.step(tokens, state, memory.select(rows))
+            grown, kept, grown_scores = [], [], []
+            for row, prefix in enumerate(prefixes):
+                for token, log_prob in enumerate(log_probs[row].tolist()):
+                    sequence, score = (*prefix, token), scores[row] + log_prob
+                    if token == EOS or t + 1 == limit:
+                        outputs[sequence] = (score, t + 1)
+                    else:
+                        grown.append(sequence)
+                        kept.append(row)
+                        grown_scores.append(score)
+            prefixes, scores, state = grown, grown_scores, state[kept]
+    return outputs
+
+
+def ranked(outputs: dict[tuple[int, ...], tuple[float, int]], alpha: float) -> list:
+    """[(normalized score, ids without <eos>), ...], best first."""
+    normalized = [
+        (
+            score / float(length_penalty(torch.tensor(length), alpha)),
+            list(ids[:-1] if ids[-1] == EOS else ids),
+        )
+        for ids, (score, length) in outputs.items()
+    ]
+    return sorted(normalized, key=lambda entry: -entry[0])
+
+
+def likes_to_stop(model):
+    """More probable <eos>: outputs of every length compete, and the length penalty changes
+    the ranking (alpha 1 puts another output first for the second sentence below)."""
+    with torch.no_grad():
+        model.decoder.output.bias[EOS] += 2.0
+    return model
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_wide_beam_finds_what_exhaustive_search_finds(alpha: float):
+    """Target vocabulary of 6 ids (4 specials), limits 3 and 4 in one batch: a beam as wide
+    as the number of candidates never prunes, so its n-best must be exhaustive search's."""
+    model = likes_to_stop(tiny_model(trg_vocab=6, scale=1.0))
+    src, src_lengths = _batch([5, 7], seed=4)
+    limits = torch.tensor([3, 4])
+    wide = 1 + 5 + 25 + 125 + 625  # outputs with a limit of 4: <eos> at step 1..4, or cut
+    beams = beam_search(model, src, src_lengths, limits, beam_size=wide, alpha=alpha, nbest=8)
+    for row, hypotheses in enumerate(beams):
+        length = int(src_lengths[row])
+        expected = ranked(every_output(model, src[row : row + 1, :length], int(limits[row])), alpha)
+        assert len(expected) == (156 if row == 0 else wide)
+        gaps = [a[0] - b[0] for a, b in zip(expected[:8], expected[1:9], strict=True)]
+        assert min(gaps) > 1e-5, "no near-ties: the order is well defined"
+        assert [h.tokens for h in hypotheses] == [ids for _, ids in expected[:8]]
+        assert [h.score for h in hypotheses] == pytest.approx(
+            [s for s, _ in expected[:8]], abs=1e-5
+        )
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_narrow_beam_returns_true_scores_never_above_the_best(alpha: float):
+    model = likes_to_stop(tiny_model(trg_vocab=6, scale=1.0))
+    src, src_lengths = _batch([6, 4, 8], seed=5)
+    limits = torch.tensor([4, 2, 3])
+    beams = beam_search(model, src, src_lengths, limits, beam_size=3, alpha=alpha, nbest=3)
+    for row, hypotheses in enumerate(beams):
+        length, limit = int(src_lengths[row]), int(limits[row])
+        outputs = every_output(model, src[row : row + 1, :length], limit)
+        best = ranked(outputs, alpha)[0][0]
+        for hypothesis in hypotheses:
+            cut = len(hypothesis.tokens) == limit
+            score, steps = outputs[tuple(hypothesis.tokens) if cut else (*hypothesis.tokens, EOS)]
+            penalty = float(length_penalty(torch.tensor(steps), alpha))
+            assert hypothesis.score == pytest.approx(score / penalty, abs=1e-5)
+            assert hypothesis.score <= best + 1e-5
+
+
 def test_length_penalty_is_gnmt():
     lengths = torch.tensor([1, 5, 10])
     assert torch.allclose(length_penalty(lengths, 0.0), torch.ones(3))
@@ -113,10 +201,38 @@ def test_replace_unknown_copies_the_attended_source_token():
     assert replaced == ["Mr", "Schmidt", "drives", "to", "Wuppertal", "."]
 
 
-def test_translator_replaces_unknown_words(toy_translator):
-    decode = toy_translator.decode.updated(beam_size=1, replace_unk=True)
-    (result,) = toy_translator.translate(["Ein Mann läuft im Park."], decode)
-    assert "<unk>" not in result.tokens
+def forcing_unknown_at(translator, monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make the decoder prefer <unk> at output position `step` (the toy model, trained with
+    min_freq 1, never emits it by itself)."""
+    (model,) = translator.models
+    decoder_step, calls = model.decoder.step, []
+
+    def step_preferring_unknown(tokens, state, memory):
+        log_probs, state, weights = decoder_step(tokens, state, memory)
+        if len(calls) == step:
+            log_probs = torch.log_softmax(
+                log_probs + 30.0 * (torch.arange(log_probs.size(1)) == UNK), 1
+            )
+        calls.append(1)
+        return log_probs, state, weights
+
+    monkeypatch.setattr(model.decoder, "step", step_preferring_unknown)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_translator_replaces_unknown_words(toy_translator, monkeypatch, beam: int):
+    source = "Ein Mann läuft im Park."
+    forcing_unknown_at(toy_translator, monkeypatch, 1)
+    decode = toy_translator.decode.updated(beam_size=beam, replace_unk=False)
+    (kept,) = toy_translator.translate([source], decode)
+    assert kept.tokens[1] == "<unk>", "the test needs an <unk> to replace"
+    forcing_unknown_at(toy_translator, monkeypatch, 1)
+    (result,) = toy_translator.translate([source], decode.updated(replace_unk=True))
+    # Attention columns are <sos>, source tokens, <eos>: the most attended source token.
+    attended = int(result.attention[1, 1 : len(result.source_tokens) + 1].argmax())
+    assert result.source_tokens == ["Ein", "Mann", "läuft", "im", "Park", "."]
+    assert result.tokens == [*kept.tokens[:1], result.source_tokens[attended], *kept.tokens[2:]]
+    assert "<unk>" not in result.text and result.source_tokens[attended] in result.text
 
 
 def test_translator_nbest_and_api(toy_translator):
@@ -130,30 +246,22 @@ def test_translator_nbest_and_api(toy_translator):
     assert abs(results[0][0].attention.sum(dim=1) - 1).max() < 1e-5
 
 
-def test_translate_output_modes(toy_checkpoint: Path, tmp_path: Path):
-    text = "Ein Hund läuft im Park.\n\nZwei Männer tanzen im Schnee.\n"
-    code, out, err = run_cli("translate", "-m", toy_checkpoint, "--nbest", "2", input=text)
+def test_translate_output_modes(toy_checkpoint: Path, tmp_path: Path, cli):
+    text = "Ein Hund läuft im Park.\n\nZwei Männer tanzen im Schnee.\n".encode()
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--nbest", "2", input=text)
     assert code == 0, err
     rows = [line.split("\t") for line in out.splitlines()]
     assert [(r[0], r[1]) for r in rows] == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2"),
                                             ("2", "1"), ("2", "2")]  # fmt: skip
     assert rows[0][3] == "A dog runs in the park."
-    code, out, err = run_cli(
-        "translate", "-m", toy_checkpoint, "--scores", "--beam", "1", input=text
-    )
+    assert float(rows[0][2]) >= float(rows[1][2]) and float(rows[4][2]) >= float(rows[5][2])
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--scores", "--beam", "1", input=text)
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 3 and lines[0].split("\t")[1] == "A dog runs in the park."
-    float(lines[0].split("\t")[0])
-    code, out, err = run_cli(
-        "translate",
-        "-m",
-        toy_checkpoint,
-        "--json",
-        "--plot-attention",
-        tmp_path / "att",
-        input=text,
-    )
+    assert float(lines[0].split("\t")[0]) < 0
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--json", "--plot-attention",
+                         tmp_path / "att", input=text)  # fmt: skip
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["index"] for r in records] == [0, 1, 2]
@@ -165,31 +273,42 @@ def test_translate_output_modes(toy_checkpoint: Path, tmp_path: Path):
     assert (tmp_path / "att" / "000001.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_translate_truncates_long_lines_with_a_warning(toy_checkpoint: Path):
+def test_translate_truncates_long_lines_with_a_warning(toy_checkpoint: Path, cli):
     text = "Ein Hund läuft im Park.\n" + "Ein Hund " * 200 + "\n"
-    code, out, err = run_cli("translate", "-m", toy_checkpoint, "--beam", "1", input=text, cwd=ROOT)
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--beam", "1", input=text.encode())
     assert code == 0, err
     assert len(out.splitlines()) == 2
     assert "<stdin>:2" in err and "truncated" in err
     assert "<stdin>:1" not in err
 
 
-def test_nbest_larger_than_beam_is_refused(toy_checkpoint: Path):
-    code, out, err = run_cli("translate", "-m", toy_checkpoint, "--beam", "2", "--nbest", "3",
-                             input="Ein Hund.\n")  # fmt: skip
+def test_nbest_larger_than_beam_is_refused(toy_checkpoint: Path, cli):
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--beam", "2", "--nbest", "3",
+                         input=b"Ein Hund.\n")  # fmt: skip
     assert code == 2 and "--nbest" in err and "Traceback" not in err
 
 
-def test_evaluate_with_beam(toy_checkpoint: Path):
+def test_evaluate_with_beam(toy_checkpoint: Path, tmp_path: Path, cli):
+    """Scores checked with sacreBLEU itself on the translations the command wrote."""
+    references = read_lines(ROOT / "data/toy/test.en")
     args = ["evaluate", "-m", toy_checkpoint, "--src", ROOT / "data/toy/test.de",
             "--ref", ROOT / "data/toy/test.en", "--json"]  # fmt: skip
-    code, out, err = run_cli(*args, "--beam", "5")
-    assert code == 0, err
-    beam = json.loads(out)
-    assert beam["beam"] == 5 and beam["bleu"] > 90
-    code, out, err = run_cli(*args, "--beam", "1")
-    greedy = json.loads(out)
-    assert greedy["beam"] == 1 and greedy["perplexity"] == pytest.approx(beam["perplexity"])
+    results = {}
+    for beam in (5, 1):
+        output = tmp_path / f"beam{beam}.en"
+        code, out, err = cli(*args, "--beam", str(beam), "--output", output)
+        assert code == 0, err
+        results[beam] = json.loads(out)
+        hypotheses = read_lines(output)
+        assert results[beam]["beam"] == beam
+        assert results[beam]["bleu"] == pytest.approx(
+            sacrebleu.corpus_bleu(hypotheses, [references]).score
+        )
+        assert results[beam]["chrf"] == pytest.approx(
+            sacrebleu.corpus_chrf(hypotheses, [references]).score
+        )
+    assert results[5]["bleu"] > 90
+    assert results[1]["perplexity"] == pytest.approx(results[5]["perplexity"])  # no search
 
 
 @pytest.mark.parametrize("beam", [1, 4])
@@ -203,11 +322,11 @@ def test_bf16_decoding_translates_like_fp32(toy_translator, beam: int):
     assert [t.score for t in bf16] == pytest.approx([t.score for t in fp32], abs=0.05)
 
 
-def test_translate_precision_option(toy_checkpoint: Path):
-    code, out, err = run_cli("translate", "-m", toy_checkpoint, "--precision", "bf16",
-                             input="Ein Hund läuft im Park.\n")  # fmt: skip
+def test_translate_precision_option(toy_checkpoint: Path, cli):
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--precision", "bf16",
+                         input="Ein Hund läuft im Park.\n".encode())  # fmt: skip
     assert code == 0, err
     assert out == "A dog runs in the park.\n"
-    code, out, err = run_cli("translate", "-m", toy_checkpoint, "--precision", "fp16",
-                             input="Ein Hund.\n")  # fmt: skip
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--precision", "fp16",
+                         input=b"Ein Hund.\n")  # fmt: skip
     assert code == 2 and "--precision" in err and "Traceback" not in err

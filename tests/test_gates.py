@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TOY_CONFIG, random_batch, tiny_model_config, toy_overrides
+from torch import nn
 
 from seq2seq.config import load_config
+from seq2seq.decoder import Decoder
+from seq2seq.encoder import Encoder
 from seq2seq.errors import UserError
 from seq2seq.gates import CBAM, SqueezeExcitation
 from seq2seq.model import Seq2Seq
 from seq2seq.training import train
+from seq2seq.vocab import PAD
 
 GATES = {"se": lambda: SqueezeExcitation(12, 3), "cbam": lambda: CBAM(12, 3, 3)}
 
@@ -73,25 +77,109 @@ def test_a_gated_model_is_batch_independent_end_to_end(kind: str):
         assert torch.allclose(alone.outputs[0], memory.outputs[row, :length], atol=1e-6)
 
 
-def test_none_leaves_the_model_bit_identical():
-    plain_config = tiny_model_config()
-    assert plain_config.encoder.gate == "none"
+def test_none_is_exactly_the_model_without_gate_code():
+    """gate `none`: no parameters, no random draws, nothing done to the encoder outputs.
+    The reference is an encoder and a decoder built, initialised (the tutorial's N(0, 0.01)
+    weights, zero biases) and run without any gate code."""
+    config = tiny_model_config()
+    assert config.encoder.gate == "none"
     torch.manual_seed(3)
-    plain = Seq2Seq(plain_config, 13, 11)
+    model = Seq2Seq(config, 13, 11)
     torch.manual_seed(3)
-    explicit = Seq2Seq(
-        plain_config.model_copy(
-            update={"encoder": plain_config.encoder.model_copy(update={"gate": "none"})}
-        ),
-        13,
-        11,
+    encoder, decoder = config.encoder, config.decoder
+    reference = nn.ModuleDict(
+        {
+            "encoder": Encoder(
+                13, encoder.embedding_size, encoder.hidden_size, decoder.hidden_size, 0.0, PAD
+            ),
+            "decoder": Decoder(
+                11, decoder.embedding_size, decoder.hidden_size, 2 * encoder.hidden_size, 0.0, PAD
+            ),
+        }
     )
-    assert plain.encoder_gate is None
-    assert plain.state_dict().keys() == explicit.state_dict().keys()
-    assert all(
-        torch.equal(plain.state_dict()[k], explicit.state_dict()[k]) for k in plain.state_dict()
-    )
-    assert not any("gate" in name for name in plain.state_dict())
+    for name, parameter in reference.named_parameters():
+        nn.init.normal_(parameter, 0.0, 0.01) if "weight" in name else nn.init.zeros_(parameter)
+    assert model.encoder_gate is None
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+    with torch.no_grad():  # larger weights, so that any change to the outputs shows
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5)
+    reference.load_state_dict(model.state_dict())
+    model.eval(), reference.eval()
+    src, lengths = random_batch([6, 3, 8], 13, torch.Generator().manual_seed(1))
+    trg_in = torch.randint(4, 11, (3, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        memory, state = model.encode(src, lengths)
+        outputs, expected_state = reference["encoder"](src, lengths)
+        expected = reference["decoder"].prepare(outputs, src != PAD)
+        logits = model(src, lengths, trg_in)
+        expected_logits = reference["decoder"](trg_in, expected_state, expected)
+    assert memory.gates is None
+    assert torch.equal(memory.outputs, expected.outputs) and torch.equal(state, expected_state)
+    assert torch.equal(logits, expected_logits)
+
+
+def mlp(sequential: nn.Sequential, vector: torch.Tensor) -> torch.Tensor:
+    """W2 relu(W1 v + b1) + b2, from the weights of a squeeze MLP."""
+    first, second = sequential[0], sequential[2]
+    hidden = torch.clamp(first.weight @ vector + first.bias, min=0.0)
+    return second.weight @ hidden + second.bias
+
+
+def randomized(gate: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for parameter in gate.parameters():
+            parameter.normal_(0.0, 1.0)
+    return gate
+
+
+def test_se_gate_values_by_hand():
+    """g = sigmoid(W2 relu(W1 mean_s h)) over the real positions; h' = h * g."""
+    gate = randomized(SqueezeExcitation(12, 3))
+    lengths = [5, 2, 4]
+    outputs, mask = padded_outputs(lengths)
+    gated, values = gate(outputs, mask)
+    for row, length in enumerate(lengths):
+        real = outputs[row, :length]
+        g = torch.sigmoid(mlp(gate.excite, real.sum(dim=0) / length))
+        assert torch.allclose(values.channel[row], g, atol=1e-6)
+        assert torch.allclose(gated[row, :length], real * g, atol=1e-6)
+        assert torch.all(gated[row, length:] == 0)
+
+
+def test_cbam_gate_values_by_hand():
+    """g = sigmoid(MLP(mean_s h) + MLP(max_s h)); u = sigmoid(conv_k([mean_c h*g; max_c h*g]))
+    with zeros past the sentence's ends; h' = h * g * u."""
+    kernel = 5
+    gate = randomized(CBAM(12, 3, kernel))
+    lengths = [6, 2, 4]
+    outputs, mask = padded_outputs(lengths)
+    gated, values = gate(outputs, mask)
+    weight, bias = gate.temporal.weight[0], gate.temporal.bias[0]  # [2, k], []
+    for row, length in enumerate(lengths):
+        real = outputs[row, :length]  # [L, C]
+        mean = real.sum(dim=0) / length
+        largest = torch.stack([real[:, c].max() for c in range(12)])
+        g = torch.sigmoid(mlp(gate.shared, mean) + mlp(gate.shared, largest))
+        refined = real * g
+        summary = [refined.mean(dim=1), refined.max(dim=1).values]  # 2 x [L]
+        u = torch.zeros(length)
+        for s in range(length):
+            total = bias.clone()
+            for channel in range(2):
+                for i in range(kernel):
+                    position = s + i - kernel // 2
+                    if 0 <= position < length:
+                        total = total + weight[channel, i] * summary[channel][position]
+            u[s] = torch.sigmoid(total)
+        assert torch.allclose(values.channel[row], g, atol=1e-6)
+        assert torch.allclose(values.temporal[row, :length], u, atol=1e-6)
+        assert torch.all(values.temporal[row, length:] == 0)
+        assert torch.allclose(gated[row, :length], refined * u.unsqueeze(1), atol=1e-6)
+        assert torch.all(gated[row, length:] == 0)
 
 
 @pytest.mark.parametrize(

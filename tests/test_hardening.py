@@ -7,6 +7,8 @@ exactly one output line per input line."""
 from __future__ import annotations
 
 import gzip
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,9 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seq2seq.checkpoint import load_checkpoint
-from seq2seq.config import load_config
-from seq2seq.errors import UserError
-from seq2seq.training import train
+from seq2seq.tokenizer import Tokenizer
+from seq2seq.vocab import UNK
+
+WORD_TOKENIZERS = [Tokenizer("de"), Tokenizer("en")]
 
 
 def one_error_line(code: int, err: str, *expected: str) -> None:
@@ -135,17 +138,50 @@ def test_odd_input_gives_one_line_each(toy_checkpoint: Path, cli):
     assert outputs[ODD_LINES.index("   \t  ")] == ""
 
 
-@settings(max_examples=2000)
+def unknown_everywhere(translator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every output token an <unk> replaced by the source token it attends to: the output is
+    made of the input's own text, the worst case for keeping one line per line."""
+    (model,) = translator.models
+    decoder_step = model.decoder.step
+
+    def step(tokens, state, memory):
+        log_probs, state, weights = decoder_step(tokens, state, memory)
+        return (
+            torch.log_softmax(log_probs + 50.0 * (torch.arange(log_probs.size(1)) == UNK), 1),
+            state,
+            weights,
+        )
+
+    monkeypatch.setattr(model.decoder, "step", step)
+    decode = translator.decode.updated(beam_size=1, replace_unk=True)
+    monkeypatch.setattr(translator, "decode", decode)
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=60))
+def test_no_token_holds_a_line_break(text: str):
+    for tokenizer in WORD_TOKENIZERS:
+        for token in tokenizer.tokenize([text])[0]:
+            assert token and len(token.splitlines()) == 1 and token.strip() == token, repr(token)
+
+
+@settings(max_examples=100)
 @given(st.lists(st.text(max_size=40), min_size=1, max_size=8))
-def test_arbitrary_unicode_never_breaks_line_alignment(toy_translator, lines: list[str]):
+def test_arbitrary_unicode_never_breaks_line_alignment(
+    toy_translator, monkeypatch: pytest.MonkeyPatch, lines: list[str]
+):
     lines = [line.replace("\n", " ") for line in lines]  # one input line each
-    results = toy_translator.translate(lines)
+    with monkeypatch.context() as patch:
+        unknown_everywhere(toy_translator, patch)
+        results = toy_translator.translate(lines)
     assert len(results) == len(lines)
-    for result in results:
-        assert "\n" not in result.text and "\r" not in result.text
+    for line, result in zip(lines, results, strict=True):
+        assert (result.text == "") == (not line.split()), (line, result.text)
+        assert len(result.text.splitlines()) <= 1 and "\n" not in result.text, repr(result.text)
+        assert set(result.tokens) <= set(result.source_tokens)  # all copied from the input
 
 
-def test_arbitrary_bytes_through_the_command(toy_checkpoint: Path, tmp_path: Path):
+def test_arbitrary_bytes_through_the_command(toy_checkpoint: Path, tmp_path: Path, cli):
     """Random UTF-8 text with every kind of line separator inside lines: the output file
     has as many lines as `wc -l` counts in the input."""
     alphabet = "ab Ü\u2028\x85\r\x00\u200f\U0001f600e\u0301.,;"
@@ -154,13 +190,11 @@ def test_arbitrary_bytes_through_the_command(toy_checkpoint: Path, tmp_path: Pat
     text = "\n".join("".join(alphabet[i] for i in row) for row in picks) + "\n"
     source = tmp_path / "odd.de"
     source.write_text(text, encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, "-m", "seq2seq", "translate", "-m", str(toy_checkpoint), "--beam", "1",
-         "--input", str(source)],
-        capture_output=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout.count(b"\n") == text.count("\n") == 300
+    output = tmp_path / "odd.en"
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--beam", "1", "--input", source,
+                         "--output", output)  # fmt: skip
+    assert code == 0, err
+    assert output.read_bytes().count(b"\n") == text.count("\n") == 300
 
 
 def test_attention_pictures_into_an_impossible_folder(toy_checkpoint: Path, tmp_path: Path, cli):
@@ -192,9 +226,11 @@ def test_output_to_a_closed_pipe_exits_quietly(toy_checkpoint: Path):
 # -- resources ---------------------------------------------------------------------------------
 
 
-def test_out_of_memory_in_training_saves_and_suggests_a_smaller_batch(tmp_path, monkeypatch):
+def test_out_of_memory_in_training_saves_and_suggests_a_smaller_batch(tmp_path, monkeypatch, cli):
+    """The suggested options, added to `train --run-dir RUN`, continue the run."""
     run_dir = tmp_path / "run"
-    overrides = toy_overrides(run_dir, "train.save_every=1", "train.epochs=1")
+    overrides = toy_overrides(run_dir, "train.save_every=1000", "train.max_steps=8")
+    args = ["train", "--config", TOY_CONFIG, *[a for o in overrides for a in ("--set", o)]]
     from seq2seq.model import Seq2Seq
 
     forward = Seq2Seq.forward
@@ -206,10 +242,21 @@ def test_out_of_memory_in_training_saves_and_suggests_a_smaller_batch(tmp_path, 
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(Seq2Seq, "forward", failing_forward)
-    with pytest.raises(UserError, match=r"out of memory.*train\.batch_size=8"):
-        train(load_config(TOY_CONFIG, overrides))
+    with monkeypatch.context() as patch:
+        patch.setattr(Seq2Seq, "forward", failing_forward)
+        code, out, err = cli(*args)
+    assert code == 2 and "Traceback" not in err, err
+    error = err.split("error: ")[-1]  # after training's progress lines
+    for text in ("out of memory", "train.batch_size=8", str(run_dir / "last.pt")):
+        assert text in error, error
     assert load_checkpoint(run_dir / "last.pt")["step"] == 3  # the work before it is saved
+    suggested = re.search(r"resume with (--resume [^(]*)\(saved", error).group(1)
+    code, out, err = cli("train", "--run-dir", run_dir, *shlex.split(suggested))
+    assert code == 0, err
+    assert "resuming" in err and "at epoch 1, step 3" in err
+    finished = load_checkpoint(run_dir / "last.pt")
+    assert finished["config"]["train"]["batch_size"] == 8
+    assert finished["training"]["progress"]["step"] == 8
 
 
 def test_out_of_memory_in_translation_suggests_a_smaller_batch(toy_checkpoint, cli, monkeypatch):

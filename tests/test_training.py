@@ -1,11 +1,12 @@
 """Training that never loses a run: exact resume, signals, kill -9, run-folder safety,
-early stopping, schedules, accumulation, logs, curves and averaging (toy data, CPU)."""
+the validation metric's direction (best.pt, early stopping, plateau, kept checkpoints),
+schedules, accumulation, label smoothing, bf16, logs, curves and averaging (toy data, CPU)."""
 
 from __future__ import annotations
 
 import json
-import os
-import random
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,10 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
+import seq2seq.training
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import load_config
+from seq2seq.data import collate, make_batches
 from seq2seq.errors import UserError
-from seq2seq.training import train
+from seq2seq.evaluation import Evaluation
+from seq2seq.loss import sequence_loss
+from seq2seq.metrics import Scores
+from seq2seq.training import Trainer, train
+from seq2seq.vocab import PAD
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs" / "toy.yaml"
@@ -54,6 +61,13 @@ def reference_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip drawing curves.png at each validation (a second or more each): for tests about
+    something else."""
+    monkeypatch.setattr(seq2seq.training, "plot_run", lambda run_dir: None)
+
+
 def test_resume_is_bit_exact(reference_run: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     train(config(run_dir, "train.max_steps=17", "train.save_every=5"))
@@ -64,12 +78,12 @@ def test_resume_is_bit_exact(reference_run: Path, tmp_path: Path):
     assert steps == sorted(steps)
 
 
-def test_same_seed_same_run(reference_run: Path, tmp_path: Path):
+def test_same_seed_same_run(reference_run: Path, tmp_path: Path, no_plots):
     train(config(tmp_path / "again", "train.max_steps=40", "train.save_every=5"))
     assert same_weights(reference_run / "last.pt", tmp_path / "again" / "last.pt")
 
 
-def test_a_different_seed_gives_a_different_run(reference_run: Path, tmp_path: Path):
+def test_a_different_seed_gives_a_different_run(reference_run: Path, tmp_path: Path, no_plots):
     train(config(tmp_path / "other", "train.max_steps=40", "seed=7"))
     assert not same_weights(reference_run / "last.pt", tmp_path / "other" / "last.pt")
 
@@ -79,7 +93,7 @@ def test_refuses_a_folder_holding_a_run(reference_run: Path):
         train(config(reference_run, "train.max_steps=40"))
 
 
-def test_overwrite_replaces_the_run(tmp_path: Path):
+def test_overwrite_replaces_the_run(tmp_path: Path, no_plots):
     run_dir = tmp_path / "run"
     train(config(run_dir, "train.max_steps=3", "train.keep_checkpoints=2"))
     train(config(run_dir, "train.max_steps=2"), overwrite=True)
@@ -87,14 +101,14 @@ def test_overwrite_replaces_the_run(tmp_path: Path):
     assert not list(run_dir.glob("ckpt-step*.pt"))
 
 
-def test_resume_refuses_a_different_vocabulary(tmp_path: Path):
+def test_resume_refuses_a_different_vocabulary(tmp_path: Path, no_plots):
     run_dir = tmp_path / "run"
     train(config(run_dir, "train.max_steps=3"))
     with pytest.raises(UserError, match="vocabulary"):
         train(config(run_dir, "train.max_steps=6", "vocab.max_size=10"), resume=True)
 
 
-def test_resume_refuses_a_different_model(tmp_path: Path):
+def test_resume_refuses_a_different_model(tmp_path: Path, no_plots):
     run_dir = tmp_path / "run"
     train(config(run_dir, "train.max_steps=3"))
     with pytest.raises(UserError, match="does not fit"):
@@ -103,65 +117,102 @@ def test_resume_refuses_a_different_model(tmp_path: Path):
 
 def _cli(run_dir: Path, *extra: str) -> list[str]:
     sets = [item for override in BASE for item in ("--set", override)]
-    return [sys.executable, "-m", "seq2seq", "train", "--config", str(TOY), *sets,
-            "--run-dir", str(run_dir), *extra]  # fmt: skip
+    return ["train", "--config", str(TOY), *sets, "--run-dir", str(run_dir), *extra]
 
 
-def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
+def _start(args: list[str], prelude: str = "", **kwargs) -> subprocess.Popen:
+    """`python -m seq2seq ARGS` as a real process, or the same after running `prelude`."""
+    if not prelude:
+        return subprocess.Popen([sys.executable, "-m", "seq2seq", *args], cwd=ROOT, **kwargs)
+    code = f"{prelude}\nimport sys\nfrom seq2seq.cli import main\nsys.argv[0] = 'seq2seq'\nmain()"
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, **kwargs)
+
+
+def _wait_for(found, process: subprocess.Popen, what: str, timeout: float = 60.0):
+    """Poll found() every 5 ms until it returns something true; the process must live."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+    while not (result := found()):
+        assert process.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.005)
+    return result
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_saves_and_resumes_exactly(reference_run: Path, tmp_path: Path, signum, status):
+def test_signal_saves_and_resumes_exactly(
+    reference_run: Path, tmp_path: Path, cli, signum: int, status: int
+):
+    """The signal arrives at the first save of a 40-step run (step 2); the run stops with
+    128 + signum after saving, and the command it prints resumes it exactly."""
     run_dir = tmp_path / "run"
-    args = ["--set", "train.max_steps=40", "--set", "train.save_every=5"]
-    process = subprocess.Popen(_cli(run_dir, *args), stderr=subprocess.PIPE, text=True)
-    _wait_for(run_dir / "last.pt", process)
+    args = _cli(run_dir, "--set", "train.max_steps=40", "--set", "train.save_every=2")
+    process = _start(args, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (run_dir / "last.pt").exists(), process, "the first save")
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    if process.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
-    assert process.returncode == status
-    assert "--resume" in stderr and "Traceback" not in stderr
+    assert process.returncode == status, stderr[-3000:]  # an ignored signal finishes: 0
+    assert "Traceback" not in stderr
     step = load_checkpoint(run_dir / "last.pt")["step"]
-    assert 0 < step < 40
-    resumed = subprocess.run(_cli(run_dir, *args, "--resume"), capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    assert 2 <= step < 40
+    command = re.search(r"resume with: seq2seq (.*)$", stderr, re.MULTILINE).group(1)
+    assert command == f"train --resume --run-dir {run_dir}"  # no --config: the folder's own
+    code, out, err = cli(*shlex.split(command))
+    assert code == 0, err
+    assert f"resuming {run_dir} at epoch 1, step {step}" in err
     assert same_weights(reference_run / "last.pt", run_dir / "last.pt")
 
 
-def test_kill_9_repeatedly_stays_resumable(reference_run: Path, tmp_path: Path):
-    """SIGKILL at random moments (saves happen every step, so some land inside a save);
-    each time the folder must resume, and the finished run equals the uninterrupted one."""
+# In the process killed inside a save, every fsync of a file takes half a second: the save
+# is in progress from the moment its temporary file appears until well after the kill.
+SLOW_SAVES = """
+import os, stat, time
+fsync = os.fsync
+def slow_fsync(fd):
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        time.sleep(0.5)
+    fsync(fd)
+os.fsync = slow_fsync
+"""
+
+
+def test_kill_9_inside_a_save_and_while_training_stays_resumable(
+    reference_run: Path, tmp_path: Path, cli
+):
+    """SIGKILL (1) inside a save of last.pt, (2) while a resumed process trains, just after
+    it saved; each time last.pt opens, and the run then resumed with the command that
+    Ctrl-C prints equals the uninterrupted one bit for bit."""
     run_dir = tmp_path / "run"
-    args = ["--set", "train.max_steps=40", "--set", "train.save_every=1"]
-    rng = random.Random(0)
-    kills = 0
-    for attempt in range(12):
-        extra = ["--resume"] if attempt else []
-        process = subprocess.Popen(_cli(run_dir, *args, *extra), stderr=subprocess.DEVNULL)
-        if kills < 3:
-            _wait_for(run_dir / "last.pt", process)
-            time.sleep(rng.uniform(0.0, 1.0))
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGKILL)
-                kills += 1
-            process.wait(timeout=60)
-            load_checkpoint(run_dir / "last.pt")  # always loadable
-            continue
-        assert process.wait(timeout=120) == 0
-        break
-    assert kills > 0
+    args = _cli(run_dir, "--set", "train.max_steps=40", "--set", "train.save_every=3")
+    temporaries = lambda: list(run_dir.glob(".last.pt.*.tmp"))  # noqa: E731
+
+    process = _start(args, prelude=SLOW_SAVES, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (run_dir / "last.pt").exists(), process, "the first save (step 3)")
+    _wait_for(temporaries, process, "the second save (step 6)")
+    process.kill()
+    process.wait(timeout=60)
+    (left,) = temporaries()  # killed inside the save: its temporary file is still there
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 3  # the previous save, whole
+
+    process = _start([*args, "--resume"], stderr=subprocess.DEVNULL)
+    first = (run_dir / "last.pt").stat().st_ino
+    _wait_for(lambda: (run_dir / "last.pt").stat().st_ino != first, process, "a new save")
+    time.sleep(0.02)  # two of the three steps between saves train
+    process.kill()
+    process.wait(timeout=60)
+    assert not left.exists(), "the resumed run removed the killed save's temporary file"
+    assert load_checkpoint(run_dir / "last.pt")["step"] >= 6
+
+    code, out, err = cli("train", "--resume", "--run-dir", run_dir)
+    assert code == 0, err
     assert load_checkpoint(run_dir / "last.pt")["step"] == 40
     assert same_weights(reference_run / "last.pt", run_dir / "last.pt")
-    assert not list(run_dir.glob(".*.tmp"))
+    assert not temporaries()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == list(range(5, 41, 5)), "work lost by a kill is logged once, when redone"
 
 
-def test_early_stopping(tmp_path: Path):
+def test_early_stopping(tmp_path: Path, no_plots):
     run_dir = tmp_path / "run"
     # At this learning rate the greedy output (and so BLEU) cannot change: stop after 2 checks.
     train(
@@ -179,7 +230,7 @@ def test_early_stopping(tmp_path: Path):
     assert load_checkpoint(run_dir / "last.pt")["step"] == 6
 
 
-def test_max_minutes_stops_validates_and_resumes(tmp_path: Path):
+def test_max_minutes_stops_validates_and_resumes(tmp_path: Path, no_plots):
     run_dir = tmp_path / "run"
     train(config(run_dir, "train.max_minutes=0.00001", "train.epochs=50"))  # under 1 ms
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
@@ -191,7 +242,7 @@ def test_max_minutes_stops_validates_and_resumes(tmp_path: Path):
     assert load_checkpoint(run_dir / "last.pt")["step"] == 3, "a larger budget continues"
 
 
-def test_inverse_sqrt_warmup(tmp_path: Path):
+def test_inverse_sqrt_warmup(tmp_path: Path, no_plots):
     run_dir = tmp_path / "run"
     train(
         config(
@@ -211,7 +262,7 @@ def test_inverse_sqrt_warmup(tmp_path: Path):
     assert rates[-1] == pytest.approx(0.01 * (4 / 17) ** 0.5)
 
 
-def test_plateau_halves_the_rate(tmp_path: Path):
+def test_plateau_halves_the_rate_down_to_the_floor(tmp_path: Path, no_plots):
     run_dir = tmp_path / "run"
     train(
         config(
@@ -219,20 +270,186 @@ def test_plateau_halves_the_rate(tmp_path: Path):
             "train.learning_rate=1e-6",  # too small to change the greedy output
             "train.scheduler=plateau",
             "train.plateau_patience=0",
-            "train.min_learning_rate=0",
+            "train.min_learning_rate=3e-7",
             "train.validate_every=1",
-            "train.max_steps=3",
+            "train.max_steps=4",
             "train.best_metric=bleu",
         )
     )
     valid = [r for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if r["kind"] == "valid"]
-    assert valid[-1]["lr"] < valid[0]["lr"]
+    assert len({r["bleu"] for r in valid}) == 1
+    assert [r["lr"] for r in valid] == pytest.approx([1e-6, 5e-7, 3e-7, 3e-7], rel=1e-9)
 
 
-def test_gradient_accumulation_counts_steps(tmp_path: Path):
+def test_gradient_accumulation_counts_steps(tmp_path: Path, no_plots):
     run_dir = tmp_path / "run"
     train(config(run_dir, "train.accumulate_steps=5", "train.epochs=1"))
     assert load_checkpoint(run_dir / "last.pt")["step"] == 5  # 25 toy batches / 5
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path: Path):
+    """Three accumulated batches give the gradients of one batch holding their sentences:
+    the mean over every target token of the step."""
+    exact = ["model.dropout=0.0", "train.teacher_forcing=1.0", "train.clip_norm=null"]
+    accumulating = Trainer(config(tmp_path / "a", *exact, "train.accumulate_steps=3"), False, False)
+    whole = Trainer(config(tmp_path / "b", *exact), False, False)  # the same initial weights
+    generator = torch.Generator().manual_seed(1)
+    group = make_batches(accumulating.corpus.lengths, 16, "sentences", generator)[:3]
+    assert len({len(batch) for batch in group}) == 1 and len(group[0]) == 16
+    loss, tokens = accumulating._step(group)
+    whole_loss, whole_tokens = whole._step([sum(group, [])])
+    assert tokens == whole_tokens and loss == pytest.approx(whole_loss, rel=1e-5)
+    for (name, a), b in zip(accumulating.model.named_parameters(), whole.model.parameters(),
+                            strict=True):  # fmt: skip
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+
+
+def smoothed_loss(logits: torch.Tensor, trg: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Summed over real target tokens: (1 - e) * -log p(y) + e * mean over the vocabulary of
+    -log p(v), written out."""
+    total = torch.zeros((), dtype=torch.float64)
+    for row in range(trg.size(0)):
+        for t in range(trg.size(1) - 1):
+            gold = int(trg[row, t + 1])
+            if gold == PAD:
+                continue
+            scores = logits[row, t].double()
+            log_p = scores - torch.log(torch.exp(scores).sum())
+            total += (1 - smoothing) * -log_p[gold] + smoothing * -log_p.mean()
+    return total
+
+
+def test_label_smoothing_by_hand(tmp_path: Path):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 9) * 3
+    trg = torch.tensor([[2, 4, 5, 7, 3], [2, 8, 3, PAD, PAD]])
+    for smoothing in (0.0, 0.1, 0.3):
+        expected = smoothed_loss(logits, trg, smoothing)
+        assert float(sequence_loss(logits, trg, smoothing)) == pytest.approx(float(expected))
+    # ... and the trainer's step uses the configured value.
+    settings = ["model.dropout=0.0", "train.teacher_forcing=1.0", "train.label_smoothing=0.2"]
+    trainer = Trainer(config(tmp_path / "run", *settings), False, False)
+    with torch.no_grad():  # confident predictions: smoothing then changes the loss a lot
+        for parameter in trainer.model.parameters():
+            parameter.normal_(0.0, 0.3)
+    batch = collate(list(range(8)), trainer.corpus.src, trainer.corpus.trg)
+    with torch.no_grad():
+        logits = trainer.model(batch.src, batch.src_lengths, batch.trg[:, :-1], 1.0)
+    loss, tokens = trainer._step([list(range(8))])
+    assert tokens == batch.target_tokens
+    assert loss == pytest.approx(float(smoothed_loss(logits, batch.trg, 0.2)), rel=1e-5)
+    assert abs(loss - float(smoothed_loss(logits, batch.trg, 0.0))) > 0.01 * loss
+
+
+def test_bf16_training_on_the_cpu(tmp_path: Path, no_plots):
+    """bf16 autocast in the training forward, float32 weights, a finite run that resumes."""
+    trainer = Trainer(config(tmp_path / "bf16", "train.precision=bf16", "train.max_steps=3"),
+                      False, False)  # fmt: skip
+    output_dtypes = []
+    trainer.model.decoder.output.register_forward_hook(
+        lambda module, inputs, output: output_dtypes.append((module.training, output.dtype))
+    )
+    trainer.run()
+    assert (True, torch.bfloat16) in output_dtypes  # training steps
+    assert (False, torch.float32) in output_dtypes  # validation runs in float32
+    saved = load_checkpoint(tmp_path / "bf16" / "last.pt")
+    assert saved["step"] == 3
+    assert all(
+        t.dtype == torch.float32 and torch.isfinite(t).all() for t in saved["model"].values()
+    )
+    train(config(tmp_path / "fp32", "train.max_steps=3"))
+    assert not same_weights(tmp_path / "bf16" / "last.pt", tmp_path / "fp32" / "last.pt")
+    train(config(tmp_path / "bf16", "train.precision=bf16", "train.max_steps=5"), resume=True)
+    assert load_checkpoint(tmp_path / "bf16" / "last.pt")["step"] == 5
+
+
+def test_resume_from_a_checkpoint_without_training_state(tmp_path: Path, no_plots):
+    run_dir = tmp_path / "run"
+    train(config(run_dir, "train.max_steps=2"))
+    (run_dir / "last.pt").write_bytes((run_dir / "best.pt").read_bytes())  # weights only
+    with pytest.raises(UserError, match="last.pt: holds no training state"):
+        train(config(run_dir, "train.max_steps=4"), resume=True)
+
+
+# -- the validation metric's direction ---------------------------------------------------------
+
+LOWER_IS_BETTER = [5.0, 3.0, 4.0, 2.0, 6.0, 7.0, 1.0, 1.0]
+HIGHER_IS_BETTER = [10.0, 30.0, 20.0, 40.0, 5.0, 1.0, 50.0, 50.0]
+# Either way: best at validation 4; with patience 2, validations 5 and 6 stop the run
+# before the better 7th; with plateau patience 0, validations 3, 5 and 6 halve the rate.
+
+
+def scripted(monkeypatch: pytest.MonkeyPatch, metric: str, values: list[float], seen: list):
+    """Validation i (one per step) scores `values[i]` on `metric`; the other metrics stay
+    constant, so that a run ranking by another metric keeps its first checkpoint. seen[i]
+    gets the kept checkpoints' steps when validation i starts."""
+    run_dirs: list[Path] = []
+
+    def evaluate(translator, sources, references) -> Evaluation:
+        index = len(seen)
+        seen.append(sorted(int(p.stem[9:]) for p in run_dirs[0].glob("ckpt-step*.pt")))
+        metrics = {"loss": 1.0, "free_running_loss": 1.0, "bleu": 0.0, "chrf": 0.0}
+        metrics[metric] = values[index]
+        scores = Scores(metrics["bleu"], metrics["chrf"], 0.0, "bleu", "chrf")
+        return Evaluation(metrics["loss"], metrics["free_running_loss"], scores, [])
+
+    monkeypatch.setattr(seq2seq.training, "evaluate", evaluate)
+    monkeypatch.setattr(seq2seq.training, "plot_run", lambda run_dir: None)
+    return run_dirs
+
+
+@pytest.mark.parametrize("metric", ["loss", "free_running_loss", "bleu", "chrf"])
+def test_best_checkpoint_early_stopping_and_plateau_follow_the_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metric: str
+):
+    values = LOWER_IS_BETTER if metric.endswith("loss") else HIGHER_IS_BETTER
+    run_dir = tmp_path / "run"
+    scripted(monkeypatch, metric, values, []).append(run_dir)
+    train(
+        config(
+            run_dir,
+            f"train.best_metric={metric}",
+            "train.validate_every=1",
+            "train.patience=2",
+            "train.scheduler=plateau",
+            "train.plateau_patience=0",
+            "train.min_learning_rate=0",
+            "train.learning_rate=0.004",
+        )
+    )
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best["step"] == 4 and best["validation"][metric] == values[3]
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 6  # stopped early
+    valid = [r for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if r["kind"] == "valid"]
+    assert [r[metric] for r in valid] == values[:6]
+    assert [r["lr"] for r in valid] == pytest.approx([0.004, 0.004, 0.002, 0.002, 0.001, 0.0005])
+
+
+@pytest.mark.parametrize(
+    "metric, values",
+    [("bleu", [10.0, 30.0, 20.0, 30.0, 5.0, 35.0]), ("loss", [5.0, 3.0, 4.0, 3.0, 6.0, 2.0])],
+)
+def test_the_k_best_checkpoints_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metric: str, values: list[float]
+):
+    """k = 2, ranked by the metric, a tie going to the later step; a checkpoint pushed out
+    of the k best is deleted at once."""
+    run_dir, seen = tmp_path / "run", []
+    scripted(monkeypatch, metric, values, seen).append(run_dir)
+    train(config(run_dir, f"train.best_metric={metric}", "train.validate_every=1",
+                 "train.max_steps=6", "train.keep_checkpoints=2"))  # fmt: skip
+    final = sorted(int(p.stem[9:]) for p in run_dir.glob("ckpt-step*.pt"))
+    assert [*seen, final] == [[], [1], [1, 2], [2, 3], [2, 4], [2, 4], [4, 6]]
+    for step in final:
+        assert (
+            load_checkpoint(run_dir / f"ckpt-step{step}.pt")["validation"][metric]
+            == (values[step - 1])
+        )
+    signed = [v if metric == "bleu" else -v for v in (values[5], values[3])]
+    assert load_checkpoint(run_dir / "last.pt")["training"]["progress"]["kept"] == [
+        [signed[0], 6],
+        [signed[1], 4],
+    ]
 
 
 def test_metrics_log_curves_and_environment(reference_run: Path):
@@ -247,20 +464,21 @@ def test_metrics_log_curves_and_environment(reference_run: Path):
     assert (reference_run / "config.yaml").exists()
 
 
-def test_keep_and_average_checkpoints(tmp_path: Path):
+def test_keep_and_average_checkpoints(tmp_path: Path, cli, no_plots):
     run_dir = tmp_path / "run"
     train(
         config(run_dir, "train.validate_every=5", "train.max_steps=20", "train.keep_checkpoints=2")
     )
+    valid = [r for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if r["kind"] == "valid"]
+    assert [r["step"] for r in valid] == [5, 10, 15, 20]
+    best_two = sorted(valid, key=lambda r: (-r["bleu"], -r["step"]))[:2]  # ties: the later
     kept = sorted(run_dir.glob("ckpt-step*.pt"))
-    assert len(kept) == 2
+    assert sorted(p.name for p in kept) == sorted(f"ckpt-step{r['step']}.pt" for r in best_two)
+    for path in kept:
+        assert load_checkpoint(path)["validation"]["bleu"] in [r["bleu"] for r in best_two]
     out = tmp_path / "avg.pt"
-    result = subprocess.run(
-        [sys.executable, "-m", "seq2seq", "average", str(run_dir), "--output", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
+    code, _, err = cli("average", run_dir, "--output", out)
+    assert code == 0, err
     averaged = load_checkpoint(out)
     assert "training" not in averaged
     a, b = (weights(path) for path in kept)
@@ -268,12 +486,14 @@ def test_keep_and_average_checkpoints(tmp_path: Path):
         assert torch.allclose(tensor, (a[name] + b[name]) / 2, atol=1e-7)
 
 
-def test_plot_command(reference_run: Path):
+def test_average_of_a_folder_without_kept_checkpoints(reference_run: Path, tmp_path: Path, cli):
+    code, _, err = cli("average", reference_run, "--output", tmp_path / "avg.pt")
+    assert code == 2 and "no ckpt-step*.pt files" in err and "keep_checkpoints" in err
+
+
+def test_plot_command(reference_run: Path, cli):
     (reference_run / "curves.png").unlink()
-    result = subprocess.run(
-        [sys.executable, "-m", "seq2seq", "plot", str(reference_run)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
+    code, out, err = cli("plot", reference_run)
+    assert code == 0, err
+    assert out == f"{reference_run / 'curves.png'}\n"
     assert (reference_run / "curves.png").read_bytes().startswith(b"\x89PNG")

@@ -114,9 +114,27 @@ def test_from_checkpoint_reports_damaged_contents(tmp_path: Path, toy_checkpoint
     assert str(path) in str(caught.value)
 
 
-def test_resolve_device() -> None:
+@pytest.mark.parametrize(
+    "cuda, mps, expected",
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_auto_prefers_cuda_then_mps_then_cpu(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert resolve_device("auto") == torch.device(expected)
     assert resolve_device("cpu") == torch.device("cpu")
-    assert isinstance(resolve_device("auto"), torch.device)
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="cuda"):
-            resolve_device("cuda")
+
+
+@pytest.mark.parametrize("name, message", [("cuda", "no CUDA GPU"), ("mps", "no Apple GPU")])
+def test_an_absent_device_is_a_user_error(
+    monkeypatch: pytest.MonkeyPatch, name: str, message: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UserError, match=f"'{name}'.*{message}"):
+        resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device(name) == torch.device(name)
