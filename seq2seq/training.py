@@ -1,9 +1,10 @@
 """The training loop, built never to lose a run.
 
 - Teacher-forced cross-entropy (optional label smoothing), Adam, gradient clipping,
-  gradient accumulation, learning-rate schedules, early stopping.
+  gradient accumulation, learning-rate schedules, early stopping (optimization.py,
+  validation.py).
 - `last.pt` every `save_every` steps and at every epoch end, `best.pt` by the validation
-  metric, optionally the k best as `ckpt-step{N}.pt`; all saves atomic.
+  metric, optionally the k best as `ckpt-step{N}.pt`; all saves atomic (run_folder.py).
 - Exact resume: a training checkpoint holds the weights, optimizer, scheduler, every RNG
   state and the position inside the epoch (each epoch's batch order is a function of
   seed and epoch), so an interrupted run resumes into the same result bit for bit (CPU).
@@ -18,19 +19,15 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import Adam
 from tqdm import tqdm
 
 from seq2seq import distributed
@@ -50,15 +47,14 @@ from seq2seq.data import collate, make_batches
 from seq2seq.download import download_multi30k
 from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.evaluation import evaluate
-from seq2seq.loss import sequence_loss
 from seq2seq.model import Seq2Seq
-from seq2seq.plots import CURVES_FILE, plot_run
-from seq2seq.runlog import METRICS_FILE, MetricsLog, environment
+from seq2seq.optimization import Optimization
+from seq2seq.plots import plot_run
+from seq2seq.run_folder import RunFolder
+from seq2seq.runlog import MetricsLog, environment
 from seq2seq.text import TextSide, training_sides
 from seq2seq.translator import Translator, resolve_device
-
-CONFIG_FILE = "config.yaml"
-LAST, BEST = "last.pt", "best.pt"
+from seq2seq.validation import ValidationTracker
 
 
 class Interrupted(Exception):
@@ -67,7 +63,7 @@ class Interrupted(Exception):
     def __init__(self, signum: int, run_dir: Path):
         self.signum = signum
         super().__init__(
-            f"stopped by {signal.Signals(signum).name} after saving {run_dir / LAST}; "
+            f"stopped by {signal.Signals(signum).name} after saving {RunFolder(run_dir).last}; "
             f"resume with: seq2seq train --resume --run-dir {run_dir}"
         )
 
@@ -80,12 +76,18 @@ class Progress:
     batches_done: int = 0  # position in this epoch's batch order (all ranks together)
     step: int = 0  # optimizer steps taken
     elapsed: float = 0.0  # training seconds over all sessions of this run
-    best: float | None = None  # best validation score so far, signed so higher is better
-    bad_validations: int = 0  # validations since the last improvement
-    kept: list[list[float]] = field(default_factory=list)  # [[signed score, step], ...]
     epoch_loss: float = 0.0  # summed loss and tokens of this epoch so far
     epoch_tokens: int = 0
     finished: bool = False
+
+
+@dataclass
+class Window:
+    """Loss, tokens and seconds since the last training record."""
+
+    loss: float = 0.0
+    tokens: int = 0
+    seconds: float = 0.0
 
 
 def read_split(config: Config, split: str) -> tuple[list[str], list[str]]:
@@ -106,20 +108,13 @@ def resolve_run(
     if config_path is None:
         if not (resume and run_dir):
             raise UserError("train needs --config FILE (or --resume --run-dir RUN_DIR)")
-        config_path = run_dir / CONFIG_FILE
+        config_path = RunFolder(run_dir).config
     config = load_config(config_path, overrides)
     if run_dir is not None:
         config = config.model_copy(
             update={"train": config.train.model_copy(update={"run_dir": str(run_dir)})}
         )
     return config
-
-
-def make_optimizer(model: nn.Module, learning_rate: float, device: torch.device) -> Adam:
-    """Adam; the fused kernel (one pass over all parameters) on CPU and CUDA, where it
-    exists: about 10% faster training steps here than the default multi-tensor Adam."""
-    fused = device.type in ("cpu", "cuda")
-    return Adam(model.parameters(), lr=learning_rate, fused=fused)
 
 
 def train(config: Config, overwrite: bool = False, resume: bool = False) -> Path:
@@ -129,54 +124,43 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> Path
 
 class Trainer:
     def __init__(self, config: Config, overwrite: bool, resume: bool):
-        self.config = config
-        self.run_dir = Path(config.train.run_dir)
-        device = resolve_device(config.train.device)
-        self.context = context = distributed.start(device.type, config.train.distributed_timeout)
+        self.config, train = config, config.train
+        self.folder = RunFolder(train.run_dir)
+        device = resolve_device(train.device)
+        self.context = context = distributed.start(device.type, train.distributed_timeout)
         if device.type == "cuda" and context.distributed:
             device = torch.device("cuda", context.local_rank)
         self.device = device
-        if config.train.precision == "fp16" and device.type != "cuda":
+        if train.precision == "fp16" and device.type != "cuda":
             raise UserError(f"train.precision: fp16 needs a CUDA device, not {device.type}")
-        checkpoint = self._prepare_run_dir(overwrite, resume)
-
+        checkpoint = self._prepare_folder(overwrite, resume)
         # Rank 0 draws what a single process draws; DDP copies its initial weights to all.
         random.seed(config.seed + context.rank)
         torch.manual_seed(config.seed + context.rank)
-        threads = config.train.threads
+        threads = train.threads
         if threads is None and context.local_world_size > 1 and device.type == "cpu":
             threads = max(1, (os.cpu_count() or 1) // context.local_world_size)
         if threads:
             torch.set_num_threads(threads)
-
         src, trg = self._load_data(saved_tokenizers(checkpoint) if checkpoint else None)
         self.model = Seq2Seq(config.model, len(src.vocab), len(trg.vocab)).to(device)
         self.bundle = Bundle(config, self.model, src, trg)
-        self.optimizer = make_optimizer(self.model, config.train.learning_rate, device)
-        self.scheduler = make_scheduler(self.optimizer, config)
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            config.train.precision
-        ]
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
-        self.translator = Translator(
-            self.model,
-            self.bundle.src,
-            self.bundle.trg,
-            config.decode.updated(beam_size=1, nbest=1),  # validation is greedy
-            device,
-        )
-        self.progress = Progress()
-        self.metrics = MetricsLog(self.run_dir) if context.is_main else None
-        if checkpoint is not None:
-            self._restore(checkpoint)
-        elif context.is_main:
-            save_config(config, self.run_dir / CONFIG_FILE)
-            self._record({"kind": "start", "config": config.model_dump(), **environment()})
         # What trains: the model itself, or its DDP wrapper that averages gradients.
         self.trainable: torch.nn.Module = self.model
         if context.distributed:
             device_ids = [device.index] if device.type == "cuda" else None
             self.trainable = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.optimization = Optimization(self.model, self.trainable, train, device)
+        validation = config.decode.updated(beam_size=1, nbest=1)  # validation is greedy
+        self.translator = Translator(self.model, src, trg, validation, device)
+        self.progress = Progress()
+        self.tracker = ValidationTracker(train.best_metric, train.patience, train.keep_checkpoints)
+        self.metrics = MetricsLog(self.folder.path) if context.is_main else None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        elif context.is_main:
+            save_config(config, self.folder.config)
+            self._record({"kind": "start", "config": config.model_dump(), **environment()})
         self._signal: int | None = None
 
     def _log(self, message: str) -> None:
@@ -189,32 +173,18 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _prepare_run_dir(self, overwrite: bool, resume: bool) -> dict[str, Any] | None:
+    def _prepare_folder(self, overwrite: bool, resume: bool) -> dict[str, Any] | None:
         """Refuse to clobber a run; returns last.pt's payload when resuming. Every rank
         decides from what is on disk; then rank 0 alone changes the folder."""
-        run_dir = self.run_dir
-        holds_run = (run_dir / CONFIG_FILE).exists() or (run_dir / LAST).exists()
-        payload = None
-        if resume and (run_dir / LAST).exists():
-            payload = load_checkpoint(run_dir / LAST)
-        elif resume:
-            self._log(f"{run_dir}: no {LAST} yet, starting from the beginning")
-        elif holds_run and not overwrite:
-            raise UserError(
-                f"{run_dir} already holds a run; pass --resume to continue it, "
-                "--overwrite to replace it, or choose another --run-dir"
+        resuming = self.folder.check(overwrite, resume)
+        if resume and not resuming:
+            self._log(
+                f"{self.folder.path}: no {self.folder.last.name} yet, starting from the beginning"
             )
+        payload = load_checkpoint(self.folder.last) if resuming else None
         distributed.barrier(self.context)
         if self.context.is_main:
-            for stale in run_dir.glob(".*.tmp*"):  # left by a kill during a save
-                stale.unlink()
-            if payload is None and run_dir.exists():
-                for name in (LAST, BEST, CONFIG_FILE, METRICS_FILE, CURVES_FILE):
-                    (run_dir / name).unlink(missing_ok=True)
-                for old in run_dir.glob("ckpt-step*.pt"):
-                    old.unlink()
-                shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
+            self.folder.prepare(resuming)
         distributed.barrier(self.context)
         return payload
 
@@ -241,57 +211,58 @@ class Trainer:
         return src, trg
 
     def _restore(self, payload: dict[str, Any]) -> None:
-        last = self.run_dir / LAST
+        last = self.folder.last
         saved_vocab = saved_config(payload, str(last)).vocab
         if saved_vocab != self.config.vocab:
             raise UserError(
                 f"{last}: its vocabulary settings ({saved_vocab}) differ from this config's "
-                f"({self.config.vocab}); resume with the run's own {CONFIG_FILE}"
+                f"({self.config.vocab}); resume with the run's own {self.folder.config.name}"
             )
-        for side, vocab, saved in zip(
-            ("src", "trg"),
-            (self.bundle.src.vocab, self.bundle.trg.vocab),
-            saved_vocabularies(payload),
+        for side, text, saved in zip(
+            ("src", "trg"), (self.bundle.src, self.bundle.trg), saved_vocabularies(payload),
             strict=True,
-        ):
-            if saved.itos != vocab.itos:
+        ):  # fmt: skip
+            if saved.itos != text.vocab.itos:
                 raise UserError(
-                    f"{last}: its {side} vocabulary ({len(saved)} tokens) does "
-                    f"not match the one this config and data give ({len(vocab)}); resume with "
-                    f"the run's own {CONFIG_FILE}"
+                    f"{last}: its {side} vocabulary ({len(saved)} tokens) does not match the "
+                    f"one this config and data give ({len(text.vocab)}); resume with the "
+                    f"run's own {self.folder.config.name}"
                 )
         state = saved_training(payload)
         if not state:
             raise UserError(f"{last}: holds no training state (an averaged or exported model?)")
         try:
             self.model.load_state_dict(saved_weights(payload))
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.optimization.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as error:
             raise UserError(f"{last}: does not fit this config's model ({error})") from None
-        self.progress = Progress(**state["progress"])
+        self._restore_progress(state)
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.progress.step)
+            save_config(self.config, self.folder.config)
+        self._log(
+            f"resuming {self.folder.path} at epoch {self.progress.epoch}, step {self.progress.step}"
+        )
+
+    def _restore_progress(self, state: dict[str, Any]) -> None:
+        """Progress, validation history and random streams of a training checkpoint."""
+        record = state["progress"]  # Progress's fields and the tracker's state
+        self.progress = Progress(**{f.name: record[f.name] for f in fields(Progress)})
+        self.tracker.load_state_dict(record)
         # A finished run continues when the config now allows more epochs, steps or time.
         self.progress.finished = (
             self.progress.epoch > self.config.train.epochs or self._budget_spent()
         )
-        if "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
         streams = state["rng"]  # one per rank of the run that saved it
         if len(streams) == self.context.world_size:
             set_rng_state(streams[self.context.rank])
         else:
             self._log(
-                f"{last} was saved by {len(streams)} ranks, this run has "
+                f"{self.folder.last} was saved by {len(streams)} ranks, this run has "
                 f"{self.context.world_size}: random streams restart from the seed (the data "
                 "order and position are kept, the resumed run is not bit-exact)"
             )
             torch.manual_seed(self.config.seed + 1000 * self.progress.step + self.context.rank)
-        if self.metrics is not None:
-            self.metrics.truncate_after(self.progress.step)
-            save_config(self.config, self.run_dir / CONFIG_FILE)
-        self._log(
-            f"resuming {self.run_dir} at epoch {self.progress.epoch}, step {self.progress.step}"
-        )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -307,14 +278,16 @@ class Trainer:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             distributed.stop()
-        self._log(f"finished after {self.progress.step} steps; best model: {self.run_dir / BEST}")
-        return self.run_dir
+        self._log(f"finished after {self.progress.step} steps; best model: {self.folder.best}")
+        return self.folder.path
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._signal is not None:  # a second Ctrl-C: stop now, last.pt is still whole
             raise KeyboardInterrupt
         self._signal = signum
-        self._log(f"{signal.Signals(signum).name}: finishing this step, then saving {LAST}")
+        self._log(
+            f"{signal.Signals(signum).name}: finishing this step, then saving {self.folder.last}"
+        )
 
     def _train_epoch(self) -> None:
         config, progress, context = self.config.train, self.progress, self.context
@@ -326,7 +299,7 @@ class Trainer:
         span = config.accumulate_steps * context.world_size
         usable = len(batches) - (len(batches) % span if context.distributed else 0)
         self.trainable.train()
-        window_seconds, window_tokens, window_loss = 0.0, 0, 0.0  # since the last train record
+        window = Window()
         bar = tqdm(
             total=usable,
             initial=progress.batches_done,
@@ -339,64 +312,72 @@ class Trainer:
         )
         while progress.batches_done < usable:
             taken = batches[progress.batches_done : progress.batches_done + span]
-            group = taken[context.rank :: context.world_size]
-            started = time.perf_counter()
-            try:
-                loss, tokens = self._step(group)
-            except (RuntimeError, MemoryError) as error:
-                if not is_out_of_memory(error):
-                    raise
-                self._out_of_memory(group)
-            seconds = time.perf_counter() - started
-            progress.elapsed += seconds
-            window_seconds += seconds
-            progress.batches_done += len(taken)
-            progress.step += 1
-            progress.epoch_loss += loss
-            progress.epoch_tokens += tokens
-            window_loss += loss
-            window_tokens += tokens
+            self._train_step(taken[context.rank :: context.world_size], len(taken), window)
             bar.update(len(taken))
             mean = progress.epoch_loss / progress.epoch_tokens
             bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}", refresh=False)
-            if progress.step % config.log_every == 0:
-                self._log_train(window_loss / window_tokens, window_tokens / window_seconds)
-                window_seconds, window_tokens, window_loss = 0.0, 0, 0.0
-            epoch_done = progress.batches_done >= usable
-            last_step = (epoch_done and progress.epoch == config.epochs) or self._budget_spent()
-            due = (
-                progress.step % config.validate_every == 0 if config.validate_every else epoch_done
-            )
-            if due or last_step:
-                self._validate()  # may decide to stop early
-            progress.finished = progress.finished or last_step
-            stopping = distributed.any_rank(self._signal is not None, context, self.device)
-            if progress.finished or stopping:
+            if self._after_step(progress.batches_done >= usable):
                 break
-            if progress.step % config.save_every == 0 and not epoch_done:
-                self._save_last()
         bar.close()
         if progress.batches_done >= usable:
             self._end_epoch()
         self._save_last()
         if distributed.any_rank(self._signal is not None, context, self.device):
-            raise Interrupted(self._signal or signal.SIGTERM, self.run_dir)
+            raise Interrupted(self._signal or signal.SIGTERM, self.folder.path)
+
+    def _train_step(self, group: list[list[int]], taken: int, window: Window) -> None:
+        """One optimizer step on this rank's `group` of the `taken` batches; counts it."""
+        progress = self.progress
+        started = time.perf_counter()
+        try:
+            loss, tokens = self._step(group)
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            self._out_of_memory(group)
+        seconds = time.perf_counter() - started
+        progress.elapsed += seconds
+        progress.batches_done += taken
+        progress.step += 1
+        progress.epoch_loss += loss
+        progress.epoch_tokens += tokens
+        window.loss, window.tokens = window.loss + loss, window.tokens + tokens
+        window.seconds += seconds
+        if progress.step % self.config.train.log_every == 0:
+            self._log_train(window.loss / window.tokens, window.tokens / window.seconds)
+            window.loss, window.tokens, window.seconds = 0.0, 0, 0.0
+
+    def _after_step(self, epoch_done: bool) -> bool:
+        """Validate and save when due; True when the epoch loop must stop."""
+        config, progress = self.config.train, self.progress
+        last_step = (epoch_done and progress.epoch == config.epochs) or self._budget_spent()
+        due = progress.step % config.validate_every == 0 if config.validate_every else epoch_done
+        if due or last_step:
+            self._validate()  # may decide to stop early
+        progress.finished = progress.finished or last_step
+        if progress.finished or distributed.any_rank(
+            self._signal is not None, self.context, self.device
+        ):
+            return True
+        if progress.step % config.save_every == 0 and not epoch_done:
+            self._save_last()
+        return False
 
     def _out_of_memory(self, group: list[list[int]]) -> None:
         """Save what was trained before the batch that did not fit, then explain."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimization.zero_grad()
         self._save_last()
         size = self.config.train.batch_size
         raise UserError(
             f"out of memory on a batch of {sum(map(len, group))} sentences; lower "
             f"train.batch_size (now {size}), e.g. resume with --resume --set "
-            f"train.batch_size={max(1, size // 2)} (saved {self.run_dir / LAST})"
+            f"train.batch_size={max(1, size // 2)} (saved {self.folder.last})"
         )
 
     def _step(self, group: list[list[int]]) -> tuple[float, int]:
         """One optimizer step over this rank's `group` of batches; returns the summed loss
         and target tokens over all ranks."""
-        config, context = self.config.train, self.context
+        context = self.context
         batches = [
             collate(indices, self.corpus.src, self.corpus.trg).to(self.device) for indices in group
         ]
@@ -404,33 +385,7 @@ class Trainer:
         tokens = int(distributed.all_sum([local_tokens], context, self.device)[0])
         # DDP averages gradients over ranks: dividing by tokens / world_size makes the
         # update the mean over every target token of the global batch.
-        per_rank = tokens / context.world_size
-        total = 0.0
-        self.optimizer.zero_grad(set_to_none=True)
-        for index, batch in enumerate(batches):
-            last = index == len(batches) - 1
-            # Gradients are exchanged once per step, after the last micro-batch.
-            exchange = (
-                nullcontext() if last or not context.distributed else self.trainable.no_sync()
-            )
-            autocast = torch.autocast(
-                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-            )
-            with exchange:
-                with autocast:
-                    logits = self.trainable(
-                        batch.src, batch.src_lengths, batch.trg[:, :-1], config.teacher_forcing
-                    )
-                    loss = sequence_loss(logits, batch.trg, config.label_smoothing)
-                self.scaler.scale(loss / per_rank).backward()
-            total += loss.item()
-        if config.clip_norm:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if config.scheduler == "inverse_sqrt":
-            self.scheduler.step()
+        total = self.optimization.step(batches, tokens / context.world_size, context.distributed)
         return distributed.all_sum([total], context, self.device)[0], tokens
 
     def _budget_spent(self) -> bool:
@@ -467,30 +422,20 @@ class Trainer:
         evaluation = None
         if self.context.is_main:
             evaluation = evaluate(self.translator, self.valid_src, self.valid_trg)
-            self.trainable.train()
         metric = distributed.from_main(
             evaluation.as_dict()[config.best_metric] if evaluation else None, self.context
         )
-        signed = -float(metric) if config.best_metric.endswith("loss") else float(metric)
-        improved = progress.best is None or signed > progress.best
-        if improved:
-            progress.best, progress.bad_validations = signed, 0
-        else:
-            progress.bad_validations += 1
-        if config.scheduler == "plateau":
-            self.scheduler.step(signed)
-        stop_early = bool(config.patience and progress.bad_validations >= config.patience)
-        progress.finished = progress.finished or stop_early
-        kept, dropped = self._rank_kept(signed)
+        verdict = self.tracker.update(float(metric), progress.step)
+        self.optimization.after_validation(verdict.score)
+        progress.finished = progress.finished or verdict.stop
         if evaluation is None:
             return
+        record = {"step": progress.step, "epoch": progress.epoch, "elapsed": progress.elapsed}
         self._record(
             {
                 "kind": "valid",
-                "step": progress.step,
-                "epoch": progress.epoch,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "elapsed": progress.elapsed,
+                **record,
+                "lr": self.optimization.learning_rate,
                 "seconds": time.perf_counter() - started,
                 **evaluation.as_dict(),
             }
@@ -501,31 +446,25 @@ class Trainer:
             f"{evaluation.loss:.3f} ppl {evaluation.perplexity:.2f} (free-running "
             f"{evaluation.free_running_perplexity:.2f}) BLEU {scores.bleu:.2f} chrF "
             f"{scores.chrf:.2f} tokenized BLEU {scores.tokenized_bleu:.2f}"
-            + (" (new best)" if improved else f" (no improvement for {progress.bad_validations})")
+            + (
+                " (new best)"
+                if verdict.improved
+                else f" (no improvement for {self.tracker.bad_validations})"
+            )
         )
-        if stop_early:
+        if verdict.stop:
             self._log(
                 f"early stopping: {config.best_metric} did not improve "
                 f"for {config.patience} validations"
             )
         payload = self.bundle.payload(progress.step, evaluation.as_dict())
-        if improved:
-            save_checkpoint(payload, self.run_dir / BEST)
-        if kept:
-            save_checkpoint(payload, self.run_dir / f"ckpt-step{progress.step}.pt")
-        for step in dropped:
-            (self.run_dir / f"ckpt-step{step}.pt").unlink(missing_ok=True)
-        plot_run(self.run_dir)
-
-    def _rank_kept(self, signed: float) -> tuple[bool, list[int]]:
-        """Update the k best validated checkpoints: (keep this one?, steps to delete)."""
-        progress, k = self.progress, self.config.train.keep_checkpoints
-        if not k:
-            return False, []
-        entry = [signed, progress.step]
-        ranked = sorted([*progress.kept, entry], key=lambda e: (-e[0], -e[1]))
-        progress.kept = ranked[:k]
-        return entry in progress.kept, [int(step) for _, step in ranked[k:]]
+        if verdict.improved:
+            save_checkpoint(payload, self.folder.best)
+        if verdict.keep:
+            save_checkpoint(payload, self.folder.kept(progress.step))
+        for step in verdict.dropped:
+            self.folder.kept(step).unlink(missing_ok=True)
+        plot_run(self.folder.path)
 
     def _log_train(self, loss: float, tokens_per_second: float) -> None:
         progress = self.progress
@@ -535,7 +474,7 @@ class Trainer:
                 "step": progress.step,
                 "epoch": progress.epoch,
                 "loss": loss,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": self.optimization.learning_rate,
                 "tokens_per_s": tokens_per_second,
                 "elapsed": progress.elapsed,
             }
@@ -545,33 +484,12 @@ class Trainer:
         streams = distributed.gather_to_main(get_rng_state(), self.context)
         if self.context.is_main:
             training = {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "progress": asdict(self.progress),
+                **self.optimization.state_dict(),
+                "progress": {**asdict(self.progress), **self.tracker.state_dict()},
                 "rng": streams,
             }
             payload = self.bundle.payload(self.progress.step, training=training)
-            save_checkpoint(payload, self.run_dir / LAST)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> Any:
-    """The learning-rate schedule; `none` is a constant LambdaLR so every run saves one."""
-    train = config.train
-    if train.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max",  # validation scores are signed so that higher is better
-            factor=train.plateau_factor,
-            patience=train.plateau_patience,
-            min_lr=train.min_learning_rate,
-        )
-    if train.scheduler == "inverse_sqrt":
-        warmup = max(train.warmup_steps, 1)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+            save_checkpoint(payload, self.folder.last)
 
 
 def get_rng_state() -> dict[str, Any]:

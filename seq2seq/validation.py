@@ -1,0 +1,53 @@
+"""What each validation decides: a new best model, early stopping, which checkpoints to keep.
+
+Scores are signed so that higher is better (losses are negated); the tracker's state is
+saved in last.pt, so a resumed run decides exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from seq2seq.run_folder import rank_kept
+
+
+@dataclass
+class Verdict:
+    score: float  # signed: higher is better
+    improved: bool  # a new best.pt
+    stop: bool  # patience exhausted
+    keep: bool  # keep this validation's checkpoint
+    dropped: list[int]  # steps whose kept checkpoints to delete
+
+
+@dataclass
+class ValidationTracker:
+    metric: str  # a key of Evaluation.as_dict(); names ending in "loss" are minimized
+    patience: int | None  # validations without improvement before stopping; None: never
+    keep: int  # how many of the best validated checkpoints to keep
+    best: float | None = None
+    bad_validations: int = 0  # validations since the last improvement
+    kept: list[list[float]] = field(default_factory=list)  # [[signed score, step], ...]
+
+    def update(self, value: float, step: int) -> Verdict:
+        score = -float(value) if self.metric.endswith("loss") else float(value)
+        improved = self.best is None or score > self.best
+        if improved:
+            self.best, self.bad_validations = score, 0
+        else:
+            self.bad_validations += 1
+        stop = bool(self.patience and self.bad_validations >= self.patience)
+        keep, dropped = False, []
+        if self.keep:
+            self.kept, keep, dropped = rank_kept(self.kept, score, step, self.keep)
+        return Verdict(score, improved, stop, keep, dropped)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = asdict(self)
+        return {key: state[key] for key in ("best", "bad_validations", "kept")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+        self.bad_validations = state["bad_validations"]
+        self.kept = state["kept"]
