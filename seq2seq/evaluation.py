@@ -31,6 +31,15 @@ class Evaluation:
         """What the tutorial reports as perplexity (it evaluates with teacher forcing 0)."""
         return perplexity(self.free_running_loss)
 
+    def summary(self) -> str:
+        """One line for a training log."""
+        s = self.scores
+        return (
+            f"loss {self.loss:.3f} ppl {self.perplexity:.2f} (free-running "
+            f"{self.free_running_perplexity:.2f}) BLEU {s.bleu:.2f} chrF {s.chrf:.2f} "
+            f"tokenized BLEU {s.tokenized_bleu:.2f}"
+        )
+
     def as_dict(self) -> dict[str, float | str]:
         return {
             "loss": self.loss,

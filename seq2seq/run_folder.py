@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+from seq2seq.checkpoint import save_checkpoint
 from seq2seq.errors import UserError
 
 KEPT_PREFIX = "ckpt-step"
@@ -28,6 +30,18 @@ class RunFolder:
 
     def all_kept(self) -> list[Path]:
         return sorted(self.path.glob(f"{KEPT_PREFIX}*.pt"))
+
+    def save_validated(
+        self, payload: dict[str, Any], step: int, best: bool, keep: bool, dropped: list[int]
+    ) -> None:
+        """A validated model: best.pt if it is the best so far, ckpt-step{step}.pt if it is
+        among the k best; the kept checkpoints it pushes out are deleted."""
+        if best:
+            save_checkpoint(payload, self.best)
+        if keep:
+            save_checkpoint(payload, self.kept(step))
+        for old in dropped:
+            self.kept(old).unlink(missing_ok=True)
 
     def check(self, overwrite: bool, resume: bool) -> bool:
         """Whether a training may start here; True when it resumes from last.pt."""

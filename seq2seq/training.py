@@ -52,7 +52,7 @@ from seq2seq.optimization import Optimization
 from seq2seq.plots import plot_run
 from seq2seq.run_folder import RunFolder
 from seq2seq.runlog import MetricsLog, environment
-from seq2seq.text import TextSide, training_sides
+from seq2seq.text import ParallelIds, TextSide, training_sides
 from seq2seq.translator import Translator, resolve_device
 from seq2seq.validation import ValidationTracker
 
@@ -80,6 +80,14 @@ class Progress:
     epoch_tokens: int = 0
     finished: bool = False
 
+    def count(self, batches: int, loss: float, tokens: int, seconds: float) -> None:
+        """One optimizer step over `batches` batches of the epoch's order."""
+        self.elapsed += seconds
+        self.batches_done += batches
+        self.step += 1
+        self.epoch_loss += loss
+        self.epoch_tokens += tokens
+
 
 @dataclass
 class Window:
@@ -88,6 +96,28 @@ class Window:
     loss: float = 0.0
     tokens: int = 0
     seconds: float = 0.0
+
+
+def set_threads(threads: int | None, context: distributed.Context, device: torch.device) -> None:
+    """train.threads, or under torchrun on CPUs the cores divided among the processes."""
+    if threads is None and context.local_world_size > 1 and device.type == "cpu":
+        threads = max(1, (os.cpu_count() or 1) // context.local_world_size)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def progress_bar(total: int, progress: Progress, enabled: bool) -> tqdm:
+    """An epoch's bar on stderr; in a log (not a terminal) a line every 30 seconds."""
+    return tqdm(
+        total=total,
+        initial=progress.batches_done,
+        desc=f"epoch {progress.epoch}",
+        unit="batch",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+        disable=not enabled,
+    )
 
 
 def read_split(config: Config, split: str) -> tuple[list[str], list[str]]:
@@ -117,6 +147,47 @@ def resolve_run(
     return config
 
 
+def read_training_text(
+    config: Config, saved_tokenizers: dict[str, Any] | None, context: distributed.Context
+) -> tuple[TextSide, TextSide, ParallelIds, list[str], list[str]]:
+    """Fetch Multi30k if the config names it (rank 0; the others wait), read the training
+    and validation splits, make the text sides from the training split only (or rebuild
+    a resumed run's tokenizers) -> (src, trg, training ids, validation lines src, trg)."""
+    data = config.data
+    if data.dataset == "multi30k":
+        if context.is_main:
+            download_multi30k(data.dir, (data.src_lang, data.trg_lang))
+        distributed.barrier(context)
+    if not Path(data.dir).is_dir():
+        raise UserError(f"data.dir: folder '{data.dir}' does not exist")
+    train_src, train_trg = read_split(config, data.train)
+    valid_src, valid_trg = read_split(config, data.valid)
+    src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers)
+    if not corpus.src:
+        raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
+    return src, trg, corpus, valid_src, valid_trg
+
+
+def check_resumable(payload: dict[str, Any], config: Config, bundle: Bundle, last: Path) -> None:
+    """last.pt must hold training state and the vocabularies this config and data give."""
+    saved_vocab = saved_config(payload, str(last)).vocab
+    hint = f"resume with the run's own {RunFolder(last.parent).config.name}"
+    if saved_vocab != config.vocab:
+        raise UserError(
+            f"{last}: its vocabulary settings ({saved_vocab}) differ from this config's "
+            f"({config.vocab}); {hint}"
+        )
+    sides = (bundle.src, bundle.trg)
+    for side, text, saved in zip(("src", "trg"), sides, saved_vocabularies(payload), strict=True):
+        if saved.itos != text.vocab.itos:
+            raise UserError(
+                f"{last}: its {side} vocabulary ({len(saved)} tokens) does not match the one "
+                f"this config and data give ({len(text.vocab)}); {hint}"
+            )
+    if not saved_training(payload):
+        raise UserError(f"{last}: holds no training state (an averaged or exported model?)")
+
+
 def train(config: Config, overwrite: bool = False, resume: bool = False) -> Path:
     """Train (or resume) the run that the config describes; returns the run folder."""
     return Trainer(config, overwrite, resume).run()
@@ -137,12 +208,15 @@ class Trainer:
         # Rank 0 draws what a single process draws; DDP copies its initial weights to all.
         random.seed(config.seed + context.rank)
         torch.manual_seed(config.seed + context.rank)
-        threads = train.threads
-        if threads is None and context.local_world_size > 1 and device.type == "cpu":
-            threads = max(1, (os.cpu_count() or 1) // context.local_world_size)
-        if threads:
-            torch.set_num_threads(threads)
-        src, trg = self._load_data(saved_tokenizers(checkpoint) if checkpoint else None)
+        set_threads(train.threads, context, device)
+        saved = saved_tokenizers(checkpoint) if checkpoint else None
+        text = read_training_text(config, saved, context)
+        src, trg, self.corpus, self.valid_src, self.valid_trg = text
+        self._log(
+            f"training pairs: {len(self.corpus.src)} ({self.corpus.skipped} skipped: empty or "
+            f"longer than {config.data.max_length} tokens); {config.vocab.type} vocabulary: "
+            f"{len(src.vocab)} {config.data.src_lang}, {len(trg.vocab)} {config.data.trg_lang}"
+        )
         self.model = Seq2Seq(config.model, len(src.vocab), len(trg.vocab)).to(device)
         self.bundle = Bundle(config, self.model, src, trg)
         # What trains: the model itself, or its DDP wrapper that averages gradients.
@@ -160,16 +234,20 @@ class Trainer:
             self._restore(checkpoint)
         elif context.is_main:
             save_config(config, self.folder.config)
-            self._record({"kind": "start", "config": config.model_dump(), **environment()})
+            self.metrics.append({"kind": "start", "config": config.model_dump(), **environment()})
         self._signal: int | None = None
 
     def _log(self, message: str) -> None:
         if self.context.is_main:
             log(message)
 
-    def _record(self, record: dict[str, Any]) -> None:
+    def _record(self, kind: str, **values: Any) -> None:
+        """A line of metrics.jsonl (rank 0): its kind, where the run is, the values."""
         if self.metrics is not None:
-            self.metrics.append(record)
+            progress = self.progress
+            where = {"step": progress.step, "epoch": progress.epoch, "elapsed": progress.elapsed}
+            lr = self.optimization.learning_rate
+            self.metrics.append({"kind": kind, **where, "lr": lr, **values})
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -188,49 +266,11 @@ class Trainer:
         distributed.barrier(self.context)
         return payload
 
-    def _load_data(self, saved_tokenizers: dict[str, Any] | None) -> tuple[TextSide, TextSide]:
-        """Read the corpus; make the tokenizers (or rebuild a resumed run's) and the
-        vocabularies from the training split only; encode the training pairs."""
-        config, data = self.config, self.config.data
-        if data.dataset == "multi30k":
-            if self.context.is_main:  # the others wait, then read what rank 0 fetched
-                download_multi30k(data.dir, (data.src_lang, data.trg_lang))
-            distributed.barrier(self.context)
-        if not Path(data.dir).is_dir():
-            raise UserError(f"data.dir: folder '{data.dir}' does not exist")
-        train_src, train_trg = read_split(config, data.train)
-        self.valid_src, self.valid_trg = read_split(config, data.valid)
-        src, trg, self.corpus = training_sides(config, train_src, train_trg, saved_tokenizers)
-        if not self.corpus.src:
-            raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
-        self._log(
-            f"training pairs: {len(self.corpus.src)} ({self.corpus.skipped} skipped: "
-            f"empty or longer than {data.max_length} tokens); {config.vocab.type} vocabulary: "
-            f"{len(src.vocab)} {data.src_lang}, {len(trg.vocab)} {data.trg_lang}"
-        )
-        return src, trg
-
     def _restore(self, payload: dict[str, Any]) -> None:
         last = self.folder.last
-        saved_vocab = saved_config(payload, str(last)).vocab
-        if saved_vocab != self.config.vocab:
-            raise UserError(
-                f"{last}: its vocabulary settings ({saved_vocab}) differ from this config's "
-                f"({self.config.vocab}); resume with the run's own {self.folder.config.name}"
-            )
-        for side, text, saved in zip(
-            ("src", "trg"), (self.bundle.src, self.bundle.trg), saved_vocabularies(payload),
-            strict=True,
-        ):  # fmt: skip
-            if saved.itos != text.vocab.itos:
-                raise UserError(
-                    f"{last}: its {side} vocabulary ({len(saved)} tokens) does not match the "
-                    f"one this config and data give ({len(text.vocab)}); resume with the "
-                    f"run's own {self.folder.config.name}"
-                )
+        check_resumable(payload, self.config, self.bundle, last)
         state = saved_training(payload)
-        if not state:
-            raise UserError(f"{last}: holds no training state (an averaged or exported model?)")
+        assert state is not None  # check_resumable
         try:
             self.model.load_state_dict(saved_weights(payload))
             self.optimization.load_state_dict(state)
@@ -253,16 +293,13 @@ class Trainer:
         self.progress.finished = (
             self.progress.epoch > self.config.train.epochs or self._budget_spent()
         )
-        streams = state["rng"]  # one per rank of the run that saved it
-        if len(streams) == self.context.world_size:
-            set_rng_state(streams[self.context.rank])
-        else:
+        reseed = self.config.seed + 1000 * self.progress.step
+        if not restore_rng(state["rng"], self.context, reseed):
             self._log(
-                f"{self.folder.last} was saved by {len(streams)} ranks, this run has "
+                f"{self.folder.last} was saved by {len(state['rng'])} ranks, this run has "
                 f"{self.context.world_size}: random streams restart from the seed (the data "
                 "order and position are kept, the resumed run is not bit-exact)"
             )
-            torch.manual_seed(self.config.seed + 1000 * self.progress.step + self.context.rank)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -300,16 +337,7 @@ class Trainer:
         usable = len(batches) - (len(batches) % span if context.distributed else 0)
         self.trainable.train()
         window = Window()
-        bar = tqdm(
-            total=usable,
-            initial=progress.batches_done,
-            desc=f"epoch {progress.epoch}",
-            unit="batch",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            mininterval=0.1 if sys.stderr.isatty() else 30.0,  # keep logs short
-            disable=not context.is_main,
-        )
+        bar = progress_bar(usable, progress, context.is_main)
         while progress.batches_done < usable:
             taken = batches[progress.batches_done : progress.batches_done + span]
             self._train_step(taken[context.rank :: context.world_size], len(taken), window)
@@ -336,15 +364,12 @@ class Trainer:
                 raise
             self._out_of_memory(group)
         seconds = time.perf_counter() - started
-        progress.elapsed += seconds
-        progress.batches_done += taken
-        progress.step += 1
-        progress.epoch_loss += loss
-        progress.epoch_tokens += tokens
+        progress.count(taken, loss, tokens, seconds)
         window.loss, window.tokens = window.loss + loss, window.tokens + tokens
         window.seconds += seconds
         if progress.step % self.config.train.log_every == 0:
-            self._log_train(window.loss / window.tokens, window.tokens / window.seconds)
+            rate = window.tokens / window.seconds
+            self._record("train", loss=window.loss / window.tokens, tokens_per_s=rate)
             window.loss, window.tokens, window.seconds = 0.0, 0, 0.0
 
     def _after_step(self, epoch_done: bool) -> bool:
@@ -430,27 +455,14 @@ class Trainer:
         progress.finished = progress.finished or verdict.stop
         if evaluation is None:
             return
-        record = {"step": progress.step, "epoch": progress.epoch, "elapsed": progress.elapsed}
-        self._record(
-            {
-                "kind": "valid",
-                **record,
-                "lr": self.optimization.learning_rate,
-                "seconds": time.perf_counter() - started,
-                **evaluation.as_dict(),
-            }
-        )
-        scores = evaluation.scores
+        seconds = time.perf_counter() - started
+        self._record("valid", seconds=seconds, **evaluation.as_dict())
+        outcome = " (new best)" if verdict.improved else (
+            f" (no improvement for {self.tracker.bad_validations})"
+        )  # fmt: skip
         self._log(
-            f"validation at step {progress.step} (epoch {progress.epoch}): loss "
-            f"{evaluation.loss:.3f} ppl {evaluation.perplexity:.2f} (free-running "
-            f"{evaluation.free_running_perplexity:.2f}) BLEU {scores.bleu:.2f} chrF "
-            f"{scores.chrf:.2f} tokenized BLEU {scores.tokenized_bleu:.2f}"
-            + (
-                " (new best)"
-                if verdict.improved
-                else f" (no improvement for {self.tracker.bad_validations})"
-            )
+            f"validation at step {progress.step} (epoch {progress.epoch}): "
+            f"{evaluation.summary()}{outcome}"
         )
         if verdict.stop:
             self._log(
@@ -458,27 +470,10 @@ class Trainer:
                 f"for {config.patience} validations"
             )
         payload = self.bundle.payload(progress.step, evaluation.as_dict())
-        if verdict.improved:
-            save_checkpoint(payload, self.folder.best)
-        if verdict.keep:
-            save_checkpoint(payload, self.folder.kept(progress.step))
-        for step in verdict.dropped:
-            self.folder.kept(step).unlink(missing_ok=True)
-        plot_run(self.folder.path)
-
-    def _log_train(self, loss: float, tokens_per_second: float) -> None:
-        progress = self.progress
-        self._record(
-            {
-                "kind": "train",
-                "step": progress.step,
-                "epoch": progress.epoch,
-                "loss": loss,
-                "lr": self.optimization.learning_rate,
-                "tokens_per_s": tokens_per_second,
-                "elapsed": progress.elapsed,
-            }
+        self.folder.save_validated(
+            payload, progress.step, verdict.improved, verdict.keep, verdict.dropped
         )
+        plot_run(self.folder.path)
 
     def _save_last(self) -> None:
         streams = distributed.gather_to_main(get_rng_state(), self.context)
@@ -490,6 +485,16 @@ class Trainer:
             }
             payload = self.bundle.payload(self.progress.step, training=training)
             save_checkpoint(payload, self.folder.last)
+
+
+def restore_rng(streams: list[dict[str, Any]], context: distributed.Context, seed: int) -> bool:
+    """Each rank takes its own saved streams; with another rank count, every rank reseeds
+    (seed + rank) instead -> whether the saved streams were restored."""
+    if len(streams) == context.world_size:
+        set_rng_state(streams[context.rank])
+        return True
+    torch.manual_seed(seed + context.rank)
+    return False
 
 
 def get_rng_state() -> dict[str, Any]:
