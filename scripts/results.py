@@ -20,7 +20,8 @@ import torch
 from seq2seq.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint, saved_config
 from seq2seq.corpus import read_parallel, split_path
 from seq2seq.evaluation import evaluate
-from seq2seq.runlog import METRICS_FILE, read_metrics
+from seq2seq.run_folder import RunFolder
+from seq2seq.runlog import read_metrics
 from seq2seq.translator import Translator
 
 
@@ -31,17 +32,17 @@ def machine(device: str) -> str:
 
 
 def rows(run_dir: Path, data: Path, beams: list[int], alpha: float, device: str) -> list[str]:
-    records = read_metrics(run_dir / METRICS_FILE)
-    valid = [r for r in records if r["kind"] == "valid"]
+    folder = RunFolder(run_dir)
+    valid = [r for r in read_metrics(folder.metrics) if r["kind"] == "valid"]
     epochs = max(r["epoch"] for r in valid) if valid else 0
     minutes = (valid[-1]["elapsed"] / 60) if valid else 0.0
-    models = {"best.pt": run_dir / "best.pt"}
-    kept = sorted(run_dir.glob("ckpt-step*.pt"))
+    models = {"best.pt": folder.best}
+    kept = folder.all_kept()
     if len(kept) > 1:
         averaged = run_dir / "averaged.pt"
         save_checkpoint(average_checkpoints(kept), averaged)
         models[f"average of {len(kept)}"] = averaged
-    best = run_dir / "best.pt"
+    best = folder.best
     settings = saved_config(load_checkpoint(best), str(best)).data
     sources, references = read_parallel(
         split_path(data, settings.test, settings.src_lang),

@@ -110,11 +110,12 @@ def average(
 ) -> None:
     """Average the weights of several checkpoints into one self-contained checkpoint."""
     from seq2seq.checkpoint import average_checkpoints, save_checkpoint
+    from seq2seq.run_folder import RunFolder
 
     paths: list[Path] = []
     for source in sources:
         if source.is_dir():
-            found = sorted(source.glob("ckpt-step*.pt"))
+            found = RunFolder(source).all_kept()
             if not found:
                 raise UserError(
                     f"{source}: no ckpt-step*.pt files (train with train.keep_checkpoints=k)"

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.runlog import METRICS_FILE, read_metrics
+from seq2seq.run_folder import RunFolder
+from seq2seq.runlog import read_metrics
 from seq2seq.translator import Translation
-
-CURVES_FILE = "curves.png"
 
 
 def plot_run(run_dir: str | Path) -> Path:
@@ -19,11 +18,12 @@ def plot_run(run_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir / METRICS_FILE)
+    folder = RunFolder(run_dir)
+    records = read_metrics(folder.metrics)
     train = [r for r in records if r.get("kind") == "train"]
     valid = [r for r in records if r.get("kind") == "valid"]
     if not train and not valid:
-        raise UserError(f"{run_dir / METRICS_FILE}: no training records to plot")
+        raise UserError(f"{folder.metrics}: no training records to plot")
 
     figure, (loss_axis, ppl_axis, bleu_axis) = plt.subplots(1, 3, figsize=(15, 4.2))
     loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
@@ -46,7 +46,7 @@ def plot_run(run_dir: str | Path) -> Path:
         axis.grid(alpha=0.3)
     figure.suptitle(run_dir.name)
     figure.tight_layout()
-    path = run_dir / CURVES_FILE
+    path = folder.curves
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary, dpi=100)
     plt.close(figure)

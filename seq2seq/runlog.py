@@ -13,17 +13,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from seq2seq.run_folder import RunFolder
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / METRICS_FILE
+    def __init__(self, folder: RunFolder):
+        self.path = folder.metrics
         self._writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional extra
 
-            self._writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(folder.tensorboard))
         except ImportError:
             pass
 

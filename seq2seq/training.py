@@ -229,7 +229,7 @@ class Trainer:
         self.translator = Translator(self.model, src, trg, validation, device)
         self.progress = Progress()
         self.tracker = ValidationTracker(train.best_metric, train.patience, train.keep_checkpoints)
-        self.metrics = MetricsLog(self.folder.path) if context.is_main else None
+        self.metrics = MetricsLog(self.folder) if context.is_main else None
         if checkpoint is not None:
             self._restore(checkpoint)
         elif context.is_main:
