@@ -6,13 +6,11 @@ other exception is a bug: a short message and exit 1, the traceback only with --
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, BinaryIO, TextIO
+from typing import Annotated
 
 import typer
 
@@ -226,109 +224,35 @@ def translate(
 ) -> None:
     """Translate one sentence per line: exactly one output line per input line, in order
     (N lines with --nbest N). Reads and writes in batches as lines arrive."""
-    from seq2seq.corpus import decode_line, iter_lines
+    from seq2seq import textio
 
     translator, decode = _translator(
         model, device, beam, alpha, replace_unk, batch_size, precision, nbest
     )
-    interactive = input is None and sys.stdin.isatty()
-    name = str(input) if input is not None else "<stdin>"
-    if input is not None:
-        lines: Iterator[str] = iter_lines(input)
-    else:
-        numbered = enumerate(_stdin_lines(interactive), 1)
-        lines = (decode_line(raw, f"<stdin>:{n}") for n, raw in numbered)
+    lines, name, interactive = textio.input_lines(input)
     if plot_attention:
         try:
             plot_attention.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"{plot_attention}: cannot create: {error.strerror or error}") from None
-    sink = _open_output(output) if output else sys.stdout
     index = 0
-    try:
-        for chunk in _chunks(lines, 1 if interactive else decode.batch_size):
+    with textio.output(output) as sink:
+        for chunk in textio.chunks(lines, 1 if interactive else decode.batch_size):
             for candidates in translator.translate_nbest(chunk, decode):
-                best = candidates[0]
-                if best.truncated:
-                    print(
-                        f"warning: {name}:{index + 1}: longer than "
-                        f"{decode.max_source_length} tokens, truncated",
-                        file=sys.stderr,
-                    )
-                sink.write(_format(index, candidates, nbest, scores, as_json))
-                if plot_attention and best.source_tokens:
+                if candidates[0].truncated:
+                    limit = decode.max_source_length
+                    _warn(f"{name}:{index + 1}: longer than {limit} tokens, truncated")
+                sink.write(textio.format_candidates(index, candidates, nbest, scores, as_json))
+                if plot_attention and candidates[0].source_tokens:
                     from seq2seq.plots import plot_attention as draw
 
-                    draw(best, plot_attention / f"{index + 1:06d}.png")
+                    draw(candidates[0], plot_attention / f"{index + 1:06d}.png")
                 index += 1
             sink.flush()
-    except BrokenPipeError:
-        # The reader went away (`| head -1`): stop quietly, with stdout pointed at
-        # /dev/null so that Python's flush at exit does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as error:  # e.g. the disk is full
-        raise UserError(f"{output or '<stdout>'}: cannot write: {error.strerror}") from None
-    finally:
-        if output:
-            sink.close()
 
 
-def _format(index: int, candidates, nbest: int, scores: bool, as_json: bool) -> str:
-    """The output line(s) of one input line."""
-    if as_json:
-        record = [
-            {
-                "translation": c.text,
-                "score": c.score,
-                "tokens": c.tokens,
-                "source_tokens": c.source_tokens,
-                "alignment": c.alignment(),
-                **({"gates": _gate_record(c.gates)} if c.gates else {}),
-            }
-            for c in candidates
-        ]
-        best = record[0] if nbest == 1 else {**record[0], "nbest": record}
-        return json.dumps({"index": index, **best}, ensure_ascii=False) + "\n"
-    if nbest > 1:
-        return "".join(
-            f"{index}\t{rank}\t{c.score:.4f}\t{c.text}\n" for rank, c in enumerate(candidates, 1)
-        )
-    best = candidates[0]
-    return f"{best.score:.4f}\t{best.text}\n" if scores else best.text + "\n"
-
-
-def _gate_record(gates) -> dict[str, list[float]]:
-    """Encoder gate values for --json: channel weights, and per source position (<sos>,
-    tokens, <eos>) the temporal weights of a CBAM gate."""
-    record = {"channel": [round(v, 4) for v in gates.channel.tolist()]}
-    if gates.temporal is not None:
-        record["temporal"] = [round(v, 4) for v in gates.temporal.tolist()]
-    return record
-
-
-def _open_output(path: Path) -> TextIO:
-    try:
-        return open(path, "w", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
-    except OSError as error:
-        raise UserError(f"{path}: cannot write: {error.strerror or error}") from None
-
-
-def _stdin_lines(interactive: bool) -> Iterator[bytes]:
-    stream: BinaryIO = sys.stdin.buffer
-    while True:
-        if interactive:
-            sys.stderr.write("> ")
-            sys.stderr.flush()
-        raw = stream.readline()
-        if not raw:
-            return
-        yield raw
-
-
-def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
-    """Translate as lines arrive, at most `size` at a time, never the whole input at once."""
-    while chunk := list(itertools.islice(lines, size)):
-        yield chunk
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 @app.command()
@@ -377,39 +301,31 @@ def evaluate(
     lines, references = read_parallel(hyp or src, ref)
     if not references:
         raise UserError(f"{ref}: no lines, nothing to score")
-    record: dict[str, object] = {"sentences": len(references)}
     if hyp is not None:
-        from seq2seq.metrics import score_corpus
-        from seq2seq.tokenizer import Tokenizer
-
-        tokenizer = translator.trg.tokenizer.words if translator else Tokenizer(lang)
-        scores = score_corpus(lines, references, tokenizer)
-        record.update(scores.as_dict())
+        scores = _score_file(lines, references, translator, lang)
+        record, report = {"sentences": len(references), **scores.as_dict()}, scores.report()
     else:
+        from seq2seq import textio
         from seq2seq.evaluation import evaluate as run_evaluation
 
         result = run_evaluation(translator, lines, references, decode)
-        scores = result.scores
-        record.update({"beam": decode.beam_size, "alpha": decode.alpha, **result.as_dict()})
+        beam_alpha = {"beam": decode.beam_size, "alpha": decode.alpha}
+        record = {"sentences": len(references), **beam_alpha, **result.as_dict()}
+        report = result.report(decode)
         if output:
-            with _open_output(output) as sink:
+            with textio.output(output) as sink:
                 sink.writelines(t.text + "\n" for t in result.translations)
-    if as_json:
-        typer.echo(json.dumps(record))
-        return
-    if "beam" in record:
-        beam_size = record["beam"]
-        search = "greedy" if beam_size == 1 else f"beam {beam_size}, alpha {record['alpha']}"
-        typer.echo(f"{len(references)} sentences translated, {search}")
-    typer.echo(f"BLEU = {scores.bleu:.2f}  ({scores.bleu_signature})")
-    typer.echo(f"chrF = {scores.chrf:.2f}  ({scores.chrf_signature})")
-    typer.echo(f"tokenized BLEU = {scores.tokenized_bleu:.2f}  (BLEU-4 over spaCy tokens)")
-    if "perplexity" in record:
-        typer.echo(f"perplexity = {record['perplexity']:.2f}  (loss {record['loss']:.4f})")
-        typer.echo(
-            f"free-running perplexity = {record['free_running_perplexity']:.2f}  "
-            "(own greedy predictions fed back, as the tutorial reports it)"
-        )
+    typer.echo(json.dumps(record) if as_json else report)
+
+
+def _score_file(lines: list[str], references: list[str], translator, lang: str):
+    """Scores of a file of translations, tokenized BLEU with the model's target words or
+    with spaCy's `lang` tokenizer."""
+    from seq2seq.metrics import score_corpus
+    from seq2seq.tokenizer import Tokenizer
+
+    tokenizer = translator.trg.tokenizer.words if translator else Tokenizer(lang)
+    return score_corpus(lines, references, tokenizer)
 
 
 def main() -> None:

@@ -40,6 +40,18 @@ class Evaluation:
             f"tokenized BLEU {s.tokenized_bleu:.2f}"
         )
 
+    def report(self, decode: DecodeConfig) -> str:
+        """What `seq2seq evaluate` prints: the search, the scores, the perplexities."""
+        search = (
+            "greedy" if decode.beam_size == 1 else f"beam {decode.beam_size}, alpha {decode.alpha}"
+        )
+        return (
+            f"{len(self.translations)} sentences translated, {search}\n{self.scores.report()}\n"
+            f"perplexity = {self.perplexity:.2f}  (loss {self.loss:.4f})\n"
+            f"free-running perplexity = {self.free_running_perplexity:.2f}  "
+            "(own greedy predictions fed back, as the tutorial reports it)"
+        )
+
     def as_dict(self) -> dict[str, float | str]:
         return {
             "loss": self.loss,

@@ -22,6 +22,14 @@ class Scores:
     def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
+    def report(self) -> str:
+        """The scores as `seq2seq evaluate` prints them, with their signatures."""
+        return (
+            f"BLEU = {self.bleu:.2f}  ({self.bleu_signature})\n"
+            f"chrF = {self.chrf:.2f}  ({self.chrf_signature})\n"
+            f"tokenized BLEU = {self.tokenized_bleu:.2f}  (BLEU-4 over spaCy tokens)"
+        )
+
 
 def score_corpus(hypotheses: list[str], references: list[str], tokenizer: Tokenizer) -> Scores:
     """Score detokenized hypotheses against raw reference lines.
