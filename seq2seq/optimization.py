@@ -18,10 +18,12 @@ from seq2seq.loss import sequence_loss
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_optimizer(model: nn.Module, learning_rate: float, device: torch.device) -> Adam:
+def make_optimizer(
+    model: nn.Module, learning_rate: float, device: torch.device, fused: bool = True
+) -> Adam:
     """Adam; the fused kernel (one pass over all parameters) on CPU and CUDA, where it
     exists: about 10% faster training steps than the default multi-tensor Adam."""
-    fused = device.type in ("cpu", "cuda")
+    fused = fused and device.type in ("cpu", "cuda")
     return Adam(model.parameters(), lr=learning_rate, fused=fused)
 
 
@@ -47,10 +49,17 @@ class Optimization:
     """Owns the optimizer, the schedule and the gradient scaler of a training."""
 
     def __init__(
-        self, model: nn.Module, trainable: nn.Module, train: TrainConfig, device: torch.device
+        self,
+        model: nn.Module,
+        trainable: nn.Module,
+        train: TrainConfig,
+        device: torch.device,
+        fused: bool = True,
     ):
+        """`trainable` computes the logits: the model, its DDP wrapper, or (the benchmark)
+        another computation on its parameters."""
         self.model, self.trainable, self.train, self.device = model, trainable, train, device
-        self.optimizer = make_optimizer(model, train.learning_rate, device)
+        self.optimizer = make_optimizer(model, train.learning_rate, device, fused)
         self.scheduler = make_scheduler(self.optimizer, train)
         self.autocast_dtype = AUTOCAST[train.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
