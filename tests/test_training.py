@@ -296,8 +296,7 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path: Path):
     accumulating = Trainer(config(tmp_path / "a", *exact, "train.accumulate_steps=3"), False, False)
     whole = Trainer(config(tmp_path / "b", *exact), False, False)  # the same initial weights
     generator = torch.Generator().manual_seed(1)
-    group = make_batches(accumulating.lengths, 16, "sentences", generator)[:3]
-    assert len({len(batch) for batch in group}) == 1 and len(group[0]) == 16
+    group = make_batches(accumulating.lengths, 16, "sentences", generator)[:3]  # one step's
     loss, tokens = accumulating._step(group)
     whole_loss, whole_tokens = whole._step([sum(group, [])])
     assert tokens == whole_tokens and loss == pytest.approx(whole_loss, rel=1e-5)
