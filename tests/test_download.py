@@ -1,15 +1,19 @@
-"""Multi30k download against a local HTTP server serving a copy of the shared files:
-verified by SHA-256, atomic, retried when transient, clear when offline."""
+"""Multi30k download against a local HTTP server: verified by SHA-256, atomic, retried
+when transient, clear when offline. The served files are the toy corpus in Multi30k's
+names, with their checksums put in place of the real ones; the real files' checksums are
+checked against ../shared/data/multi30k when it is there."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import http.server
 import shutil
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TOY_CONFIG
+from conftest import ROOT, TOY_CONFIG, TOY_DATA
 
 import seq2seq.download as download
 from seq2seq.config import load_config
@@ -18,13 +22,29 @@ from seq2seq.errors import UserError
 from seq2seq.training import train
 
 SHARED = ROOT.parent / "shared" / "data" / "multi30k"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/multi30k")
+TOY_SPLITS = {"train": "train", "val": "val", "test_2016_flickr": "test"}
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder of Multi30k-named gzipped files (de, en) made from the toy corpus, whose
+    SHA-256 sums replace the real ones for this test."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    sums = dict(MULTI30K_SHA256)
+    for split, toy in TOY_SPLITS.items():
+        for lang in ("de", "en"):
+            data = gzip.compress((TOY_DATA / f"{toy}.{lang}").read_bytes(), mtime=0)
+            (folder / f"{split}.{lang}.gz").write_bytes(data)
+            sums[f"{split}.{lang}.gz"] = hashlib.sha256(data).hexdigest()
+    monkeypatch.setattr(download, "MULTI30K_SHA256", sums)
+    return folder
 
 
 class Server:
     """Serves a folder on 127.0.0.1; `fail` maps a file name to HTTP errors to answer first."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, files: Path):
         self.fail: dict[str, list[int]] = {}
         self.requests: list[str] = []
         server = self
@@ -49,7 +69,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data/task1/raw"
         (folder / "data" / "task1").mkdir(parents=True)
         self.raw = folder / "data" / "task1" / "raw"
-        shutil.copytree(SHARED, self.raw, ignore=shutil.ignore_patterns("*.cs.gz", "*.fr.gz"))
+        shutil.copytree(files, self.raw, ignore=shutil.ignore_patterns("*.cs.gz", "*.fr.gz"))
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
@@ -58,9 +78,9 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch):
+def server(tmp_path: Path, monkeypatch, mirror: Path):
     monkeypatch.setattr(download, "RETRY_DELAYS", (0.0, 0.0, 0.0))
-    served = Server(tmp_path / "served")
+    served = Server(tmp_path / "served", mirror)
     yield served
     served.close()
 
@@ -76,7 +96,7 @@ def test_downloads_and_verifies(server: Server, tmp_path: Path):
         f"{s}.{lang}.gz" for s in ("train", "val", "test_2016_flickr") for lang in ("de", "en")
     )
     for path in paths:
-        assert sha256(path) == MULTI30K_SHA256[path.name]
+        assert sha256(path) == download.MULTI30K_SHA256[path.name]
     assert no_partial_files(dest)
     # A second call finds the verified files and fetches nothing.
     server.requests.clear()
@@ -101,7 +121,7 @@ def test_a_corrupted_local_copy_is_fetched_again(server: Server, tmp_path: Path)
     server.requests.clear()
     download_multi30k(dest, ("de",), server.url)
     assert server.requests == ["val.de.gz"]
-    assert sha256(dest / "val.de.gz") == MULTI30K_SHA256["val.de.gz"]
+    assert sha256(dest / "val.de.gz") == download.MULTI30K_SHA256["val.de.gz"]
 
 
 def test_transient_failures_are_retried(server: Server, tmp_path: Path):
@@ -116,9 +136,9 @@ def test_a_missing_file_is_not_retried(server: Server, tmp_path: Path):
         download_multi30k(tmp_path / "dest", ("de",), server.url)
 
 
-def test_offline_names_the_url_and_the_manual_fix(tmp_path: Path, monkeypatch, cli):
+def test_offline_names_the_url_and_the_manual_fix(tmp_path: Path, monkeypatch, cli, mirror):
     monkeypatch.setattr(download, "RETRY_DELAYS", (0.0,))
-    server = Server(tmp_path / "served")
+    server = Server(tmp_path / "served", mirror)
     url = server.url
     server.close()  # nothing listens there any more
     code, out, err = cli("download", "multi30k", "--dest", tmp_path / "dest", "--url", url)
@@ -153,3 +173,10 @@ def test_train_fetches_a_missing_multi30k(server: Server, tmp_path: Path, monkey
         f"{s}.{lang}.gz" for s in ("train", "val", "test_2016_flickr") for lang in ("de", "en")
     )
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/multi30k")
+def test_the_real_files_have_the_known_checksums():
+    for name, expected in MULTI30K_SHA256.items():
+        if (SHARED / name).exists() or name.split(".")[1] in ("de", "en"):
+            assert sha256(SHARED / name) == expected, name
