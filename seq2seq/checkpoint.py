@@ -13,7 +13,6 @@ training {optimizer, scheduler, scaler, progress, rng}; an average adds averaged
 
 from __future__ import annotations
 
-import os
 import pickle
 import warnings
 import zipfile
@@ -25,6 +24,7 @@ import torch
 
 from seq2seq.config import Config, config_from_dict
 from seq2seq.errors import UserError
+from seq2seq.files import write_atomic
 from seq2seq.model import Seq2Seq
 from seq2seq.text import TextSide
 from seq2seq.tokenizer import make_tokenizers, tokenizer_state
@@ -35,37 +35,9 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write atomically: readers see the old file or the new one, never half of one."""
-    path = Path(path)
+    """Write atomically and durably: readers see the old file or the new one."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        _fsync_folder(path.parent)
-    except BaseException as error:
-        temporary.unlink(missing_ok=True)
-        # torch.save reports a failed write (disk full...) as a RuntimeError whose
-        # context is the OSError.
-        cause = error if isinstance(error, OSError) else error.__context__
-        if not isinstance(cause, OSError):
-            raise
-        kept = " (the previous one is intact)" if path.exists() else ""
-        raise UserError(
-            f"{path}: could not save checkpoint: {cause.strerror or cause}{kept}"
-        ) from None
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    write_atomic(path, lambda handle: torch.save(payload, handle), durable=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

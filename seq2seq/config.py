@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seq2seq.errors import UserError
+from seq2seq.files import write_atomic
 
 
 class Section(BaseModel):
@@ -153,6 +154,9 @@ class TrainConfig(Section):
     threads: int | None = Field(None, gt=0)
     """CPU threads for torch; None keeps torch's default (one per physical core), divided
     among the processes of a machine under torchrun."""
+    max_bad_steps: int = Field(5, gt=0)
+    """Stop (exit 3) after this many steps in a row with non-finite gradients; each one's
+    update is skipped."""
     distributed_timeout: float = Field(30.0, gt=0.0)
     """Minutes a rank waits for the others (torchrun) before the run fails instead of hanging."""
 
@@ -315,4 +319,5 @@ def _line_of(node: yaml.Node | None, key_path: list[str]) -> int | None:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False), encoding="utf-8")
+    text = yaml.safe_dump(config.model_dump(), sort_keys=False)
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))

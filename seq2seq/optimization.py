@@ -68,9 +68,11 @@ class Optimization:
     def learning_rate(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def step(self, batches: list[Batch], per_rank: float, distributed: bool) -> float:
+    def step(self, batches: list[Batch], per_rank: float, distributed: bool) -> tuple[float, bool]:
         """Accumulate the gradients of `batches`, each loss divided by `per_rank` (target
-        tokens of the global batch / ranks), then clip and step; -> summed loss."""
+        tokens of the global batch / ranks), then clip and step -> (summed loss, whether
+        the gradients were finite). Non-finite gradients skip the update: one bad batch
+        must not turn every weight into NaN."""
         total = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(batches):
@@ -90,14 +92,29 @@ class Optimization:
                     loss = sequence_loss(logits, batch.trg, self.train.label_smoothing)
                 self.scaler.scale(loss / per_rank).backward()
             total += loss.item()
-        if self.train.clip_norm:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.clip_norm)
-        self.scaler.step(self.optimizer)
+        self.scaler.unscale_(self.optimizer)
+        # The norm of the gradients all ranks share (after DDP's exchange): every rank
+        # takes the same decision. An infinite clip_norm measures without clipping.
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.train.clip_norm or math.inf
+        )
+        finite = bool(torch.isfinite(norm))
+        if finite or self.scaler.is_enabled():  # the fp16 scaler skips the update itself
+            self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.train.scheduler == "inverse_sqrt":
+        if finite and self.train.scheduler == "inverse_sqrt":
             self.scheduler.step()
-        return total
+        return total, finite
+
+    def change_learning_rate(self, old: float, new: float) -> None:
+        """A resumed run's new train.learning_rate: a warmup or decay keeps its shape,
+        scaled by new / old; under the plateau schedule the rate starts again at `new`."""
+        plateau = self.train.scheduler == "plateau"
+        for group in self.optimizer.param_groups:
+            group["lr"] = new if plateau else group["lr"] * new / old
+            group["initial_lr"] = new
+        if not plateau:
+            self.scheduler.base_lrs = [new] * len(self.optimizer.param_groups)
 
     def after_validation(self, signed_score: float) -> None:
         """The plateau schedule steps on validation scores (signed: higher is better)."""

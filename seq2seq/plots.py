@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from seq2seq.errors import UserError
+from seq2seq.files import write_atomic
 from seq2seq.run_folder import RunFolder
 from seq2seq.runlog import read_metrics
 from seq2seq.translator import Translation
 
 
-def plot_run(run_dir: str | Path) -> Path:
-    """Loss, perplexity and BLEU/chrF against optimizer steps; returns the PNG's path."""
+def plot_run(run_dir: str | Path, path: Path | None = None) -> Path:
+    """Loss, perplexity and BLEU/chrF against optimizer steps, drawn into `path` (the run's
+    curves.png by default); returns the PNG's path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,11 +48,11 @@ def plot_run(run_dir: str | Path) -> Path:
         axis.grid(alpha=0.3)
     figure.suptitle(run_dir.name)
     figure.tight_layout()
-    path = folder.curves
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    temporary.replace(path)
+    path = path or folder.curves
+    try:
+        write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -3,16 +3,19 @@
 Records have a "kind": "start" (versions, commit), "train" (every log_every steps) or
 "valid" (every validation). Each line is written with one write() and flushed, so a
 kill leaves at most one partial last line, which readers skip and resume removes.
+Non-finite numbers (a diverged loss) are written as null: the file stays valid JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from seq2seq.files import append_line, write_atomic
 from seq2seq.run_folder import RunFolder
 
 
@@ -28,8 +31,7 @@ class MetricsLog:
             pass
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.path, to_json(record))
         if self._writer is not None and "step" in record:
             for key, value in record.items():
                 if isinstance(value, float) and key not in ("step", "epoch"):
@@ -39,7 +41,16 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drop records written after `step` (work lost by a kill, about to be redone)."""
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        text = "".join(to_json(r) + "\n" for r in kept)
+        write_atomic(self.path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def to_json(record: dict[str, Any]) -> str:
+    """JSON without NaN or Infinity, which JSON does not have: they become null."""
+    return json.dumps(
+        {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()},
+        allow_nan=False,
+    )
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

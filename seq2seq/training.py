@@ -9,7 +9,11 @@
   state and the position inside the epoch (each epoch's batch order is a function of
   seed and epoch), so an interrupted run resumes into the same result bit for bit (CPU).
 - Ctrl-C / SIGTERM finish the current step, save last.pt and raise `Interrupted`.
-- metrics.jsonl and curves.png in the run folder.
+- A training holds its run folder locked; a second one on the same folder is refused.
+- Divergence: a step with non-finite gradients is skipped; `train.max_bad_steps` of them
+  in a row, or a non-finite validation, stop the run (`Diverged`, exit 3), last.pt and
+  best.pt left as the last finite ones.
+- metrics.jsonl and curves.png in the run folder; a failed write saves last.pt first.
 - Under torchrun, DistributedDataParallel: each rank trains an equal share of every step's
   batches; rank 0 alone validates and writes (distributed.py).
 """
@@ -27,29 +31,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from seq2seq import distributed
-from seq2seq.checkpoint import (
-    Bundle,
-    load_checkpoint,
-    save_checkpoint,
-    saved_config,
-    saved_tokenizers,
-    saved_training,
-    saved_vocabularies,
-    saved_weights,
-)
-from seq2seq.config import Config, load_config, save_config
+from seq2seq.checkpoint import Bundle, load_checkpoint, save_checkpoint, saved_tokenizers
+from seq2seq.config import Config, TrainConfig, load_config, save_config
 from seq2seq.corpus import read_parallel, split_path
 from seq2seq.data import collate, make_batches
 from seq2seq.download import download_multi30k
 from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.evaluation import evaluate
+from seq2seq.files import WriteFailed
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import Optimization
 from seq2seq.plots import plot_run
+from seq2seq.resume import (
+    RESTARTS_EPOCH,
+    config_changes,
+    describe_changes,
+    get_rng_state,
+    restore_rng,
+    restore_training,
+)
 from seq2seq.run_folder import RunFolder
 from seq2seq.runlog import MetricsLog, environment
 from seq2seq.text import ParallelIds, TextSide, training_sides
@@ -68,6 +73,10 @@ class Interrupted(Exception):
         )
 
 
+class Diverged(Exception):
+    """Training stopped on non-finite losses or gradients; exit status 3."""
+
+
 @dataclass
 class Progress:
     """Where the run is; saved in every training checkpoint."""
@@ -78,6 +87,7 @@ class Progress:
     elapsed: float = 0.0  # training seconds over all sessions of this run
     epoch_loss: float = 0.0  # summed loss and tokens of this epoch so far
     epoch_tokens: int = 0
+    bad_steps: int = 0  # steps in a row whose update was skipped: non-finite gradients
     finished: bool = False
 
     def count(self, batches: int, loss: float, tokens: int, seconds: float) -> None:
@@ -87,6 +97,26 @@ class Progress:
         self.step += 1
         self.epoch_loss += loss
         self.epoch_tokens += tokens
+
+    def end_epoch(self, epochs: int) -> str:
+        """Move to the next epoch -> the line that reports the one done."""
+        report = (
+            f"epoch {self.epoch} done: train loss "
+            f"{self.epoch_loss / max(self.epoch_tokens, 1):.3f}, "
+            f"{self.step} steps, {self.elapsed:.0f} s of training so far"
+        )
+        self.epoch += 1
+        self.restart_epoch()
+        self.finished = self.finished or self.epoch > epochs
+        return report
+
+    def restart_epoch(self) -> None:
+        self.batches_done, self.epoch_loss, self.epoch_tokens = 0, 0.0, 0
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Progress:
+        """A saved progress record (fields added since it was saved keep their defaults)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
 @dataclass
@@ -165,45 +195,70 @@ def read_training_text(
     src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers)
     if not corpus.src:
         raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
+    if context.is_main:
+        log(
+            f"training pairs: {len(corpus.src)} ({corpus.skipped} skipped: empty or longer "
+            f"than {data.max_length} tokens); {config.vocab.type} vocabulary: "
+            f"{len(src.vocab)} {data.src_lang}, {len(trg.vocab)} {data.trg_lang}"
+        )
     return src, trg, corpus, valid_src, valid_trg
 
 
-def check_resumable(payload: dict[str, Any], config: Config, bundle: Bundle, last: Path) -> None:
-    """last.pt must hold training state and the vocabularies this config and data give."""
-    saved_vocab = saved_config(payload, str(last)).vocab
-    hint = f"resume with the run's own {RunFolder(last.parent).config.name}"
-    if saved_vocab != config.vocab:
-        raise UserError(
-            f"{last}: its vocabulary settings ({saved_vocab}) differ from this config's "
-            f"({config.vocab}); {hint}"
-        )
-    sides = (bundle.src, bundle.trg)
-    for side, text, saved in zip(("src", "trg"), sides, saved_vocabularies(payload), strict=True):
-        if saved.itos != text.vocab.itos:
-            raise UserError(
-                f"{last}: its {side} vocabulary ({len(saved)} tokens) does not match the one "
-                f"this config and data give ({len(text.vocab)}); {hint}"
-            )
-    if not saved_training(payload):
-        raise UserError(f"{last}: holds no training state (an averaged or exported model?)")
+def start_device(train: TrainConfig) -> tuple[torch.device, distributed.Context]:
+    """The device this process trains on, and its place among torchrun's processes."""
+    device = resolve_device(train.device)
+    context = distributed.start(device.type, train.distributed_timeout)
+    if device.type == "cuda" and context.distributed:
+        device = torch.device("cuda", context.local_rank)
+    if train.precision == "fp16" and device.type != "cuda":
+        raise UserError(f"train.precision: fp16 needs a CUDA device, not {device.type}")
+    return device, context
+
+
+def out_of_memory(group: list[list[int]], train: TrainConfig, last: Path) -> UserError:
+    size, accumulate = train.batch_size, train.accumulate_steps
+    return UserError(
+        f"out of memory on a batch of {sum(map(len, group))} sentences (saved {last}); "
+        f"resume with --resume --set train.batch_size={max(1, size // 2)} --set "
+        f"train.accumulate_steps={2 * accumulate} (updates of the same size; the epoch "
+        "restarts from its first batch)"
+    )
+
+
+def trainable(model: Seq2Seq, context: distributed.Context, device: torch.device) -> nn.Module:
+    """What trains: the model itself, or its DDP wrapper that averages gradients."""
+    if not context.distributed:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def diverged(what: str, folder: RunFolder) -> str:
+    return (
+        f"training diverged: {what} gave non-finite losses or gradients; {folder.last} and "
+        f"{folder.best} are the last finite ones. Lower train.learning_rate (a resumed run "
+        "may change it) or set train.clip_norm"
+    )
 
 
 def train(config: Config, overwrite: bool = False, resume: bool = False) -> Path:
-    """Train (or resume) the run that the config describes; returns the run folder."""
-    return Trainer(config, overwrite, resume).run()
+    """Train (or resume) the run that the config describes, holding its run folder locked
+    (rank 0); returns the run folder."""
+    folder = RunFolder(config.train.run_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 holds the lock
+        folder.lock()
+    try:
+        return Trainer(config, overwrite, resume).run()
+    finally:
+        folder.unlock()
 
 
 class Trainer:
     def __init__(self, config: Config, overwrite: bool, resume: bool):
         self.config, train = config, config.train
         self.folder = RunFolder(train.run_dir)
-        device = resolve_device(train.device)
-        self.context = context = distributed.start(device.type, train.distributed_timeout)
-        if device.type == "cuda" and context.distributed:
-            device = torch.device("cuda", context.local_rank)
-        self.device = device
-        if train.precision == "fp16" and device.type != "cuda":
-            raise UserError(f"train.precision: fp16 needs a CUDA device, not {device.type}")
+        self.device, self.context = device, context = start_device(train)
+        self.changes: dict[str, tuple] = {}  # settings changed on resume: {key: (old, new)}
         checkpoint = self._prepare_folder(overwrite, resume)
         # Rank 0 draws what a single process draws; DDP copies its initial weights to all.
         random.seed(config.seed + context.rank)
@@ -212,18 +267,9 @@ class Trainer:
         saved = saved_tokenizers(checkpoint) if checkpoint else None
         text = read_training_text(config, saved, context)
         src, trg, self.corpus, self.valid_src, self.valid_trg = text
-        self._log(
-            f"training pairs: {len(self.corpus.src)} ({self.corpus.skipped} skipped: empty or "
-            f"longer than {config.data.max_length} tokens); {config.vocab.type} vocabulary: "
-            f"{len(src.vocab)} {config.data.src_lang}, {len(trg.vocab)} {config.data.trg_lang}"
-        )
         self.model = Seq2Seq(config.model, len(src.vocab), len(trg.vocab)).to(device)
         self.bundle = Bundle(config, self.model, src, trg)
-        # What trains: the model itself, or its DDP wrapper that averages gradients.
-        self.trainable: torch.nn.Module = self.model
-        if context.distributed:
-            device_ids = [device.index] if device.type == "cuda" else None
-            self.trainable = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.trainable = trainable(self.model, context, device)
         self.optimization = Optimization(self.model, self.trainable, train, device)
         validation = config.decode.updated(beam_size=1, nbest=1)  # validation is greedy
         self.translator = Translator(self.model, src, trg, validation, device)
@@ -252,48 +298,39 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------
 
     def _prepare_folder(self, overwrite: bool, resume: bool) -> dict[str, Any] | None:
-        """Refuse to clobber a run; returns last.pt's payload when resuming. Every rank
-        decides from what is on disk; then rank 0 alone changes the folder."""
-        resuming = self.folder.check(overwrite, resume)
-        if resume and not resuming:
-            self._log(
-                f"{self.folder.path}: no {self.folder.last.name} yet, starting from the beginning"
-            )
-        payload = load_checkpoint(self.folder.last) if resuming else None
-        distributed.barrier(self.context)
-        if self.context.is_main:
-            self.folder.prepare(resuming)
-        distributed.barrier(self.context)
+        """Refuse to clobber a run; returns last.pt's payload when resuming, once the
+        config's changes are known to be ones a resumed run takes."""
+        if not self.folder.start(overwrite, resume, self.context):
+            if resume:
+                self._log(f"{self.folder.path}: no last.pt yet, starting from the beginning")
+            return None
+        payload = load_checkpoint(self.folder.last)
+        self.changes = config_changes(payload, self.config, self.folder.last)
         return payload
 
     def _restore(self, payload: dict[str, Any]) -> None:
-        last = self.folder.last
-        check_resumable(payload, self.config, self.bundle, last)
-        state = saved_training(payload)
-        assert state is not None  # check_resumable
-        try:
-            self.model.load_state_dict(saved_weights(payload))
-            self.optimization.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise UserError(f"{last}: does not fit this config's model ({error})") from None
-        self._restore_progress(state)
+        changes = self.changes
+        state = restore_training(payload, changes, self.bundle, self.optimization, self.folder.last)
+        self._restore_progress(state, restart_epoch=bool(changes.keys() & RESTARTS_EPOCH))
         if self.metrics is not None:
             self.metrics.truncate_after(self.progress.step)
             save_config(self.config, self.folder.config)
         self._log(
-            f"resuming {self.folder.path} at epoch {self.progress.epoch}, step {self.progress.step}"
+            f"resuming {self.folder.path} at epoch {self.progress.epoch}, step "
+            f"{self.progress.step}{describe_changes(changes)}"
         )
 
-    def _restore_progress(self, state: dict[str, Any]) -> None:
+    def _restore_progress(self, state: dict[str, Any], restart_epoch: bool) -> None:
         """Progress, validation history and random streams of a training checkpoint."""
         record = state["progress"]  # Progress's fields and the tracker's state
-        self.progress = Progress(**{f.name: record[f.name] for f in fields(Progress)})
+        self.progress = progress = Progress.from_record(record)
         self.tracker.load_state_dict(record)
+        if restart_epoch:  # other batches: this epoch's position means nothing in them
+            progress.restart_epoch()
+            self._log(f"new batch size: epoch {progress.epoch} restarts from its first batch")
         # A finished run continues when the config now allows more epochs, steps or time.
-        self.progress.finished = (
-            self.progress.epoch > self.config.train.epochs or self._budget_spent()
-        )
-        reseed = self.config.seed + 1000 * self.progress.step
+        progress.finished = progress.epoch > self.config.train.epochs or self._budget_spent()
+        reseed = self.config.seed + 1000 * progress.step
         if not restore_rng(state["rng"], self.context, reseed):
             self._log(
                 f"{self.folder.last} was saved by {len(state['rng'])} ranks, this run has "
@@ -311,12 +348,24 @@ class Trainer:
             self._log(f"model: {parameters:,} parameters; device: {self.device}{ranks}")
             while not self.progress.finished:
                 self._train_epoch()
+        except WriteFailed as failure:
+            raise self._saved_after(failure) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             distributed.stop()
         self._log(f"finished after {self.progress.step} steps; best model: {self.folder.best}")
         return self.folder.path
+
+    def _saved_after(self, failure: WriteFailed) -> UserError:
+        """A file of the run could not be written: keep the training done so far."""
+        if failure.path == self.folder.last:
+            return failure
+        try:
+            self._save_last()
+        except WriteFailed:
+            return failure
+        return UserError(f"{failure} (saved {self.folder.last} at step {self.progress.step})")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._signal is not None:  # a second Ctrl-C: stop now, last.pt is still whole
@@ -342,32 +391,40 @@ class Trainer:
             taken = batches[progress.batches_done : progress.batches_done + span]
             self._train_step(taken[context.rank :: context.world_size], len(taken), window)
             bar.update(len(taken))
-            mean = progress.epoch_loss / progress.epoch_tokens
+            mean = progress.epoch_loss / max(progress.epoch_tokens, 1)
             bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}", refresh=False)
             if self._after_step(progress.batches_done >= usable):
                 break
         bar.close()
         if progress.batches_done >= usable:
-            self._end_epoch()
+            self._log(progress.end_epoch(config.epochs))
         self._save_last()
         if distributed.any_rank(self._signal is not None, context, self.device):
             raise Interrupted(self._signal or signal.SIGTERM, self.folder.path)
 
     def _train_step(self, group: list[list[int]], taken: int, window: Window) -> None:
         """One optimizer step on this rank's `group` of the `taken` batches; counts it."""
-        progress = self.progress
+        progress, train = self.progress, self.config.train
         started = time.perf_counter()
         try:
-            loss, tokens = self._step(group)
+            loss, tokens, finite = self._step(group)
         except (RuntimeError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise
-            self._out_of_memory(group)
+            self.optimization.zero_grad()
+            self._save_last()  # what was trained before the batch that did not fit
+            raise out_of_memory(group, train, self.folder.last) from None
         seconds = time.perf_counter() - started
+        progress.bad_steps = 0 if finite else progress.bad_steps + 1
+        if not finite:  # the update was skipped: the step counts, its loss does not
+            loss, tokens = 0.0, 0
+            self._log(f"step {progress.step + 1}: non-finite gradients, update skipped")
+            if progress.bad_steps >= train.max_bad_steps:
+                raise Diverged(diverged(f"{progress.bad_steps} steps in a row", self.folder))
         progress.count(taken, loss, tokens, seconds)
         window.loss, window.tokens = window.loss + loss, window.tokens + tokens
         window.seconds += seconds
-        if progress.step % self.config.train.log_every == 0:
+        if progress.step % train.log_every == 0 and window.tokens:
             rate = window.tokens / window.seconds
             self._record("train", loss=window.loss / window.tokens, tokens_per_s=rate)
             window.loss, window.tokens, window.seconds = 0.0, 0, 0.0
@@ -388,20 +445,9 @@ class Trainer:
             self._save_last()
         return False
 
-    def _out_of_memory(self, group: list[list[int]]) -> None:
-        """Save what was trained before the batch that did not fit, then explain."""
-        self.optimization.zero_grad()
-        self._save_last()
-        size = self.config.train.batch_size
-        raise UserError(
-            f"out of memory on a batch of {sum(map(len, group))} sentences; lower "
-            f"train.batch_size (now {size}), e.g. resume with --resume --set "
-            f"train.batch_size={max(1, size // 2)} (saved {self.folder.last})"
-        )
-
-    def _step(self, group: list[list[int]]) -> tuple[float, int]:
-        """One optimizer step over this rank's `group` of batches; returns the summed loss
-        and target tokens over all ranks."""
+    def _step(self, group: list[list[int]]) -> tuple[float, int, bool]:
+        """One optimizer step over this rank's `group` of batches -> the summed loss and
+        target tokens over all ranks, and whether the update was made (finite gradients)."""
         context = self.context
         batches = [
             collate(indices, self.corpus.src, self.corpus.trg).to(self.device) for indices in group
@@ -410,8 +456,9 @@ class Trainer:
         tokens = int(distributed.all_sum([local_tokens], context, self.device)[0])
         # DDP averages gradients over ranks: dividing by tokens / world_size makes the
         # update the mean over every target token of the global batch.
-        total = self.optimization.step(batches, tokens / context.world_size, context.distributed)
-        return distributed.all_sum([total], context, self.device)[0], tokens
+        per_rank = tokens / context.world_size
+        total, finite = self.optimization.step(batches, per_rank, context.distributed)
+        return distributed.all_sum([total], context, self.device)[0], tokens, finite
 
     def _budget_spent(self) -> bool:
         """train.max_steps or train.max_minutes reached. Time is agreed on by all ranks
@@ -424,19 +471,6 @@ class Trainer:
         spent = progress.elapsed >= 60 * train.max_minutes
         return distributed.any_rank(spent, self.context, self.device)
 
-    def _end_epoch(self) -> None:
-        progress = self.progress
-        self._log(
-            f"epoch {progress.epoch} done: train loss "
-            f"{progress.epoch_loss / max(progress.epoch_tokens, 1):.3f}, "
-            f"{progress.step} steps, {progress.elapsed:.0f} s of training so far"
-        )
-        progress.epoch += 1
-        progress.batches_done = 0
-        progress.epoch_loss, progress.epoch_tokens = 0.0, 0
-        if progress.epoch > self.config.train.epochs:
-            progress.finished = True
-
     # -- validation and checkpoints ------------------------------------------------------
 
     def _validate(self) -> None:
@@ -447,29 +481,21 @@ class Trainer:
         evaluation = None
         if self.context.is_main:
             evaluation = evaluate(self.translator, self.valid_src, self.valid_trg)
-        metric = distributed.from_main(
-            evaluation.as_dict()[config.best_metric] if evaluation else None, self.context
-        )
+        values = evaluation.as_dict() if evaluation else {}
+        finite = all(math.isfinite(v) for v in values.values() if isinstance(v, float))
+        shared = (values.get(config.best_metric), finite)
+        metric, finite = distributed.from_main(shared, self.context)
+        if not finite:
+            raise Diverged(diverged(f"the validation at step {progress.step}", self.folder))
         verdict = self.tracker.update(float(metric), progress.step)
         self.optimization.after_validation(verdict.score)
         progress.finished = progress.finished or verdict.stop
         if evaluation is None:
             return
-        seconds = time.perf_counter() - started
-        self._record("valid", seconds=seconds, **evaluation.as_dict())
-        outcome = " (new best)" if verdict.improved else (
-            f" (no improvement for {self.tracker.bad_validations})"
-        )  # fmt: skip
-        self._log(
-            f"validation at step {progress.step} (epoch {progress.epoch}): "
-            f"{evaluation.summary()}{outcome}"
-        )
-        if verdict.stop:
-            self._log(
-                f"early stopping: {config.best_metric} did not improve "
-                f"for {config.patience} validations"
-            )
-        payload = self.bundle.payload(progress.step, evaluation.as_dict())
+        self._record("valid", seconds=time.perf_counter() - started, **values)
+        where = f"validation at step {progress.step} (epoch {progress.epoch})"
+        self._log(f"{where}: {evaluation.summary()}{self.tracker.describe(verdict)}")
+        payload = self.bundle.payload(progress.step, values)
         self.folder.save_validated(
             payload, progress.step, verdict.improved, verdict.keep, verdict.dropped
         )
@@ -485,48 +511,3 @@ class Trainer:
             }
             payload = self.bundle.payload(self.progress.step, training=training)
             save_checkpoint(payload, self.folder.last)
-
-
-def restore_rng(streams: list[dict[str, Any]], context: distributed.Context, seed: int) -> bool:
-    """Each rank takes its own saved streams; with another rank count, every rank reseeds
-    (seed + rank) instead -> whether the saved streams were restored."""
-    if len(streams) == context.world_size:
-        set_rng_state(streams[context.rank])
-        return True
-    torch.manual_seed(seed + context.rank)
-    return False
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Every RNG the run uses, as plain numbers and lists: weights_only-loadable, and
-    gatherable from every rank."""
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [generator.tolist() for generator in torch.cuda.get_rng_state_all()]
-    try:
-        import numpy
-
-        kind, keys, position, has_gauss, cached = numpy.random.get_state()
-        state["numpy"] = [kind, keys.tolist(), position, has_gauss, cached]
-    except ImportError:
-        pass
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-    if "numpy" in state:
-        import numpy
-
-        kind, keys, position, has_gauss, cached = state["numpy"]
-        numpy.random.set_state(
-            (kind, numpy.array(keys, dtype=numpy.uint32), position, has_gauss, cached)
-        )

@@ -6,6 +6,7 @@ saved in last.pt, so a resumed run decides exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,7 +33,8 @@ class ValidationTracker:
 
     def update(self, value: float, step: int) -> Verdict:
         score = -float(value) if self.metric.endswith("loss") else float(value)
-        improved = self.best is None or score > self.best
+        # A non-finite score (a diverged model) is never the best.
+        improved = math.isfinite(score) and (self.best is None or score > self.best)
         if improved:
             self.best, self.bad_validations = score, 0
         else:
@@ -42,6 +44,15 @@ class ValidationTracker:
         if self.keep:
             self.kept, keep, dropped = rank_kept(self.kept, score, step, self.keep)
         return Verdict(score, improved, stop, keep, dropped)
+
+    def describe(self, verdict: Verdict) -> str:
+        """' (new best)', or how long the metric has not improved and whether that stops."""
+        if verdict.improved:
+            return " (new best)"
+        stalled = f" (no improvement for {self.bad_validations})"
+        if verdict.stop:
+            stalled += f"; early stopping: {self.metric} did not improve for {self.patience}"
+        return stalled
 
     def state_dict(self) -> dict[str, Any]:
         state = asdict(self)

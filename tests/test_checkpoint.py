@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seq2seq import checkpoint
+from seq2seq import checkpoint, files
 from seq2seq.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from seq2seq.errors import UserError
 
@@ -315,7 +315,7 @@ def test_disk_full_in_the_middle_of_a_write(
                 raise OSError(errno.ENOSPC, "No space left on device")
             return super().write(data)
 
-    monkeypatch.setattr(checkpoint, "open", FillsUp, raising=False)
+    monkeypatch.setattr(files, "open", FillsUp, raising=False)
     with pytest.raises(UserError, match="No space left on device"):
         save_checkpoint({**payload(), "model": {"w": torch.ones(10_000)}}, path)
     assert path.read_bytes() == before

@@ -250,12 +250,14 @@ def test_out_of_memory_in_training_saves_and_suggests_a_smaller_batch(tmp_path, 
     for text in ("out of memory", "train.batch_size=8", str(run_dir / "last.pt")):
         assert text in error, error
     assert load_checkpoint(run_dir / "last.pt")["step"] == 3  # the work before it is saved
-    suggested = re.search(r"resume with (--resume [^(]*)\(saved", error).group(1)
+    suggested = re.search(r"resume with (--resume [^(]*)\(", error).group(1)
     code, out, err = cli("train", "--run-dir", run_dir, *shlex.split(suggested))
     assert code == 0, err
     assert "resuming" in err and "at epoch 1, step 3" in err
     finished = load_checkpoint(run_dir / "last.pt")
     assert finished["config"]["train"]["batch_size"] == 8
+    assert finished["config"]["train"]["accumulate_steps"] == 2
+    assert "epoch 1 restarts from its first batch" in err
     assert finished["training"]["progress"]["step"] == 8
 
 

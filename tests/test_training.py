@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,18 +102,54 @@ def test_overwrite_replaces_the_run(tmp_path: Path, no_plots):
     assert not list(run_dir.glob("ckpt-step*.pt"))
 
 
-def test_resume_refuses_a_different_vocabulary(tmp_path: Path, no_plots):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("vocab.max_size=10", "vocab.max_size=None, this config says 10"),
+        ("model.decoder.hidden_size=30", "model.decoder.hidden_size=24, this config says 30"),
+        ("vocab.type=sentencepiece", "vocab.type='word', this config says 'sentencepiece'"),
+        ("train.label_smoothing=0.1", "train.label_smoothing=0.0, this config says 0.1"),
+        ("seed=5", "seed=1234, this config says 5"),
+    ],
+)
+def test_resume_refuses_a_change_that_makes_another_run(tmp_path, no_plots, change, message):
     run_dir = tmp_path / "run"
     train(config(run_dir, "train.max_steps=3"))
-    with pytest.raises(UserError, match="vocabulary"):
-        train(config(run_dir, "train.max_steps=6", "vocab.max_size=10"), resume=True)
+    files = [run_dir / name for name in ("metrics.jsonl", "config.yaml", "last.pt")]
+    before = [path.read_bytes() for path in files]
+    with pytest.raises(UserError, match=re.escape(message)):
+        train(config(run_dir, "train.max_steps=6", change), resume=True)
+    assert [path.read_bytes() for path in files] == before
 
 
-def test_resume_refuses_a_different_model(tmp_path: Path, no_plots):
+def test_resume_refuses_changed_training_data(tmp_path: Path, no_plots):
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "data" / "toy", data)
     run_dir = tmp_path / "run"
-    train(config(run_dir, "train.max_steps=3"))
-    with pytest.raises(UserError, match="does not fit"):
-        train(config(run_dir, "train.max_steps=6", "model.decoder.hidden_size=30"), resume=True)
+    train(config(run_dir, "train.max_steps=3", f"data.dir={data}"))
+    (data / "train.de").write_text("völlig neue Wörter\n" * 400, encoding="utf-8")
+    with pytest.raises(UserError, match="src vocabulary .* the training data changed"):
+        train(config(run_dir, "train.max_steps=6", f"data.dir={data}"), resume=True)
+
+
+def test_resume_applies_a_new_learning_rate(tmp_path: Path, no_plots):
+    run_dir = tmp_path / "run"
+    train(config(run_dir, "train.max_steps=3", "train.log_every=1"))
+    train(config(run_dir, "train.max_steps=6", "train.log_every=1", "train.learning_rate=0.0003"),
+          resume=True)  # fmt: skip
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    rates = [r["lr"] for r in records if r["kind"] == "train"]
+    assert rates == pytest.approx([1e-2] * 3 + [3e-4] * 3)  # the toy config's rate is 0.01
+    assert "learning_rate: 0.0003" in (run_dir / "config.yaml").read_text()
+
+
+def test_resume_with_a_new_batch_size_restarts_the_epoch(tmp_path: Path, no_plots, capsys):
+    run_dir = tmp_path / "run"
+    train(config(run_dir, "train.max_steps=3", "train.batch_size=16"))  # 48 of 400 pairs seen
+    train(config(run_dir, "train.epochs=1", "train.batch_size=8"), resume=True)
+    assert "epoch 1 restarts from its first batch" in capsys.readouterr().err
+    # All 400 pairs of the epoch in batches of 8 after the 3 steps of 16: none skipped.
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 3 + 400 // 8
 
 
 def _cli(run_dir: Path, *extra: str) -> list[str]:
@@ -297,8 +334,8 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path: Path):
     whole = Trainer(config(tmp_path / "b", *exact), False, False)  # the same initial weights
     generator = torch.Generator().manual_seed(1)
     group = make_batches(accumulating.corpus.lengths, 16, "sentences", generator)[:3]  # one step's
-    loss, tokens = accumulating._step(group)
-    whole_loss, whole_tokens = whole._step([sum(group, [])])
+    loss, tokens, _ = accumulating._step(group)
+    whole_loss, whole_tokens, _ = whole._step([sum(group, [])])
     assert tokens == whole_tokens and loss == pytest.approx(whole_loss, rel=1e-5)
     for (name, a), b in zip(accumulating.model.named_parameters(), whole.model.parameters(),
                             strict=True):  # fmt: skip
@@ -336,7 +373,7 @@ def test_label_smoothing_by_hand(tmp_path: Path):
     batch = collate(list(range(8)), trainer.corpus.src, trainer.corpus.trg)
     with torch.no_grad():
         logits = trainer.model(batch.src, batch.src_lengths, batch.trg[:, :-1], 1.0)
-    loss, tokens = trainer._step([list(range(8))])
+    loss, tokens, _ = trainer._step([list(range(8))])
     assert tokens == batch.target_tokens
     assert loss == pytest.approx(float(smoothed_loss(logits, batch.trg, 0.2)), rel=1e-5)
     assert abs(loss - float(smoothed_loss(logits, batch.trg, 0.0))) > 0.01 * loss

@@ -1,0 +1,69 @@
+"""Writes that are atomic and name the file when they fail.
+
+Every file seq2seq writes whole (checkpoints, config.yaml, curves.png) goes through
+`write_atomic`: a temp file in the same folder, unique to this writer, renamed over the
+target at the end. A reader, or a second process, sees the old file or the new one, never
+half of one, and two writers never share a temp file. A failed write (disk full, read-only
+folder, a directory in the way) is a `WriteFailed` naming the file: a UserError, exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from seq2seq.errors import UserError
+
+TEMPORARY = ".*.tmp"  # the glob of every temp file `write_atomic` makes
+
+
+class WriteFailed(UserError):
+    def __init__(self, path: Path, reason: str):
+        self.path = path
+        super().__init__(f"{path}: could not write: {reason}")
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], durable: bool = False):
+    """`write(handle)` into a fresh temp file, then rename it to `path`. `durable` also
+    flushes file and rename to the disk (checkpoints: they must survive a power cut)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            write(handle)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        if durable:
+            fsync_folder(path.parent)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        # torch.save reports a failed write as a RuntimeError whose context is the OSError.
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError):
+            raise
+        kept = " (the previous one is intact)" if path.is_file() else ""
+        raise WriteFailed(path, f"{cause.strerror or cause}{kept}") from None
+
+
+def append_line(path: Path, line: str) -> None:
+    """One whole line appended with a single write (a kill leaves at most a partial last
+    line, which readers of the file skip)."""
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    except OSError as error:
+        raise WriteFailed(path, str(error.strerror or error)) from None
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename itself durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
