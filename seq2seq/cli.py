@@ -55,7 +55,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a model: best.pt, last.pt, config.yaml, metrics.jsonl, curves.png in the run folder."""
-    from seq2seq.training import Interrupted, resolve_run
+    from seq2seq.training import Diverged, Interrupted, resolve_run
     from seq2seq.training import train as run_training
 
     if resume and overwrite:
@@ -68,6 +68,10 @@ def train(
         if main_rank:
             print(stop, file=sys.stderr)
         sys.exit(128 + stop.signum)
+    except Diverged as stop:
+        if main_rank:
+            print(f"error: {stop}", file=sys.stderr)
+        sys.exit(3)
     if main_rank:
         typer.echo(f"done: {folder / 'best.pt'}", err=True)
 
@@ -91,11 +95,20 @@ def download(
 
 
 @app.command()
-def plot(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
-    """Draw a run's training curves (loss, perplexity, BLEU) into RUN_DIR/curves.png."""
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The PNG (default: RUN_DIR/curves.png).")
+    ] = None,
+) -> None:
+    """Draw a run's training curves (loss, perplexity, BLEU) into RUN_DIR/curves.png; while
+    the run trains (and redraws that file itself), into RUN_NAME-curves.png here."""
     from seq2seq.plots import plot_run
+    from seq2seq.run_folder import RunFolder
 
-    typer.echo(str(plot_run(run_dir)))
+    if output is None and RunFolder(run_dir).training():
+        output = Path(f"{run_dir.resolve().name}-curves.png")
+    typer.echo(str(plot_run(run_dir, output)))
 
 
 @app.command()

@@ -45,6 +45,10 @@ RESUMABLE = {
     "train.max_bad_steps",
 }
 RESTARTS_EPOCH = {"train.batch_size", "train.batch_unit"}
+RESEEDED = (
+    "saved by another number of ranks: random streams restart from the seed (the data "
+    "order and position are kept, the resumed run is not bit-exact)"
+)
 
 
 def config_changes(payload: dict[str, Any], config: Config, last: Path) -> dict[str, tuple]:

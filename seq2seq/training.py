@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -48,6 +49,7 @@ from seq2seq.model import Seq2Seq
 from seq2seq.optimization import Optimization
 from seq2seq.plots import plot_run
 from seq2seq.resume import (
+    RESEEDED,
     RESTARTS_EPOCH,
     config_changes,
     describe_changes,
@@ -109,6 +111,11 @@ class Progress:
         self.restart_epoch()
         self.finished = self.finished or self.epoch > epochs
         return report
+
+    def postfix(self) -> dict[str, str]:
+        """The epoch's mean loss and perplexity so far, for the progress bar."""
+        mean = self.epoch_loss / max(self.epoch_tokens, 1)
+        return {"loss": f"{mean:.3f}", "ppl": f"{math.exp(min(mean, 50)):.1f}"}
 
     def restart_epoch(self) -> None:
         self.batches_done, self.epoch_loss, self.epoch_tokens = 0, 0.0, 0
@@ -234,10 +241,11 @@ def trainable(model: Seq2Seq, context: distributed.Context, device: torch.device
 
 
 def diverged(what: str, folder: RunFolder) -> str:
+    kept = [str(path) for path in (folder.last, folder.best) if path.exists()]
     return (
-        f"training diverged: {what} gave non-finite losses or gradients; {folder.last} and "
-        f"{folder.best} are the last finite ones. Lower train.learning_rate (a resumed run "
-        "may change it) or set train.clip_norm"
+        f"training diverged: {what} gave non-finite losses or gradients; "
+        + (f"{' and '.join(kept)} hold the last finite weights" if kept else "nothing was saved")
+        + "; lower train.learning_rate (a resumed run may change it)"
     )
 
 
@@ -295,8 +303,6 @@ class Trainer:
             lr = self.optimization.learning_rate
             self.metrics.append({"kind": kind, **where, "lr": lr, **values})
 
-    # -- setup ---------------------------------------------------------------------------
-
     def _prepare_folder(self, overwrite: bool, resume: bool) -> dict[str, Any] | None:
         """Refuse to clobber a run; returns last.pt's payload when resuming, once the
         config's changes are known to be ones a resumed run takes."""
@@ -332,13 +338,7 @@ class Trainer:
         progress.finished = progress.epoch > self.config.train.epochs or self._budget_spent()
         reseed = self.config.seed + 1000 * progress.step
         if not restore_rng(state["rng"], self.context, reseed):
-            self._log(
-                f"{self.folder.last} was saved by {len(state['rng'])} ranks, this run has "
-                f"{self.context.world_size}: random streams restart from the seed (the data "
-                "order and position are kept, the resumed run is not bit-exact)"
-            )
-
-    # -- the loop ------------------------------------------------------------------------
+            self._log(f"{self.folder.last}: {RESEEDED}")
 
     def run(self) -> Path:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -359,13 +359,13 @@ class Trainer:
 
     def _saved_after(self, failure: WriteFailed) -> UserError:
         """A file of the run could not be written: keep the training done so far."""
-        if failure.path == self.folder.last:
-            return failure
-        try:
-            self._save_last()
-        except WriteFailed:
-            return failure
-        return UserError(f"{failure} (saved {self.folder.last} at step {self.progress.step})")
+        if failure.path != self.folder.last:
+            with contextlib.suppress(WriteFailed):  # then only the first failure is told
+                self._save_last()
+                return UserError(
+                    f"{failure} (saved {self.folder.last} at step {self.progress.step})"
+                )
+        return failure
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._signal is not None:  # a second Ctrl-C: stop now, last.pt is still whole
@@ -386,16 +386,14 @@ class Trainer:
         usable = len(batches) - (len(batches) % span if context.distributed else 0)
         self.trainable.train()
         window = Window()
-        bar = progress_bar(usable, progress, context.is_main)
-        while progress.batches_done < usable:
-            taken = batches[progress.batches_done : progress.batches_done + span]
-            self._train_step(taken[context.rank :: context.world_size], len(taken), window)
-            bar.update(len(taken))
-            mean = progress.epoch_loss / max(progress.epoch_tokens, 1)
-            bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}", refresh=False)
-            if self._after_step(progress.batches_done >= usable):
-                break
-        bar.close()
+        with progress_bar(usable, progress, context.is_main) as bar:
+            while progress.batches_done < usable:
+                taken = batches[progress.batches_done : progress.batches_done + span]
+                self._train_step(taken[context.rank :: context.world_size], len(taken), window)
+                bar.update(len(taken))
+                bar.set_postfix(progress.postfix(), refresh=False)
+                if self._after_step(progress.batches_done >= usable):
+                    break
         if progress.batches_done >= usable:
             self._log(progress.end_epoch(config.epochs))
         self._save_last()
@@ -471,8 +469,6 @@ class Trainer:
         spent = progress.elapsed >= 60 * train.max_minutes
         return distributed.any_rank(spent, self.context, self.device)
 
-    # -- validation and checkpoints ------------------------------------------------------
-
     def _validate(self) -> None:
         """Rank 0 validates; its score reaches every rank, so that the best score, early
         stopping and the plateau schedule stay the same everywhere."""
@@ -502,6 +498,8 @@ class Trainer:
         plot_run(self.folder.path)
 
     def _save_last(self) -> None:
+        if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
+            raise Diverged(diverged(f"step {self.progress.step}", self.folder))
         streams = distributed.gather_to_main(get_rng_state(), self.context)
         if self.context.is_main:
             training = {

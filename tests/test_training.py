@@ -4,7 +4,9 @@ schedules, accumulation, label smoothing, bf16, logs, curves and averaging (toy 
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import re
 import shlex
 import shutil
@@ -249,6 +251,142 @@ def test_kill_9_inside_a_save_and_while_training_stays_resumable(
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == list(range(5, 41, 5)), "work lost by a kill is logged once, when redone"
+
+
+def test_a_training_holds_its_run_folder(tmp_path: Path, cli, monkeypatch):
+    """While a training runs, a second train, --resume or --overwrite on its folder exits 2
+    naming its PID and changes nothing; plot draws outside the folder; after kill -9 the
+    lock is gone with the process and the run resumes."""
+    run_dir = tmp_path / "run"
+    sets = ["train.max_steps=100000", "train.validate_every=2", "train.save_every=2"]
+    process = _start(_cli(run_dir, *[a for s in sets for a in ("--set", s)]))
+    try:
+        _wait_for(lambda: (run_dir / "curves.png").exists(), process, "the first validation")
+        before = {p.name: p.read_bytes() for p in run_dir.glob("*.yaml")}
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            code, out, err = cli(*_cli(run_dir, *extra))
+            assert code == 2 and f"in use by a training (PID {process.pid})" in err, err
+        assert {p.name: p.read_bytes() for p in run_dir.glob("*.yaml")} == before
+        monkeypatch.chdir(tmp_path)
+        code, out, err = cli("plot", run_dir)
+        assert code == 0 and out.strip() == "run-curves.png", err
+        assert (tmp_path / "run-curves.png").read_bytes().startswith(b"\x89PNG")
+        assert process.poll() is None, "the training goes on"
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    step = load_checkpoint(run_dir / "last.pt")["step"]
+    code, out, err = cli(*_cli(run_dir, "--resume", "--set", f"train.max_steps={step + 1}"))
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "validate_every, reason, saved",
+    [(1000, "step 1", []), (1, "the validation at step 1", [])],
+)
+def test_divergence_stops_with_exit_3(tmp_path: Path, validate_every, reason, saved):
+    """A learning rate of 1e38 blows the weights up at the first step: its save, or its
+    validation, finds them non-finite. Exit 3, one error line, nothing non-finite saved,
+    valid JSON in the log."""
+    run_dir = tmp_path / "run"
+    sets = ["train.learning_rate=1e38", f"train.validate_every={validate_every}"]
+    sets += ["train.save_every=1", "train.max_steps=40"]
+    process = _start(_cli(run_dir, *[a for s in sets for a in ("--set", s)]),
+                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3 and "Traceback" not in stderr, stderr[-2000:]
+    assert f"error: training diverged: {reason} gave non-finite" in stderr
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == saved
+
+    def no_constants(name: str):
+        raise AssertionError(f"{name} in metrics.jsonl")
+
+    for line in (run_dir / "metrics.jsonl").open():
+        json.loads(line, parse_constant=no_constants)
+
+
+@pytest.mark.parametrize("bad_batches", [2, 5])
+def test_non_finite_steps_are_skipped_until_max_bad_steps(tmp_path, cli, monkeypatch, bad_batches):
+    """The loss of steps 4.. 3 + bad_batches is NaN: those updates are skipped (the weights
+    stay finite); 2 in a row are survived, the 5th (step 8) stops the run (exit 3) with
+    last.pt at its last save (step 6, finite: skipped steps change nothing)."""
+    import seq2seq.optimization
+
+    real_loss, calls = seq2seq.optimization.sequence_loss, {"n": 0}
+
+    def loss_nan_for_a_while(*args, **kwargs):
+        calls["n"] += 1
+        poisoned = 3 < calls["n"] <= 3 + bad_batches
+        return real_loss(*args, **kwargs) * (math.nan if poisoned else 1.0)
+
+    monkeypatch.setattr(seq2seq.optimization, "sequence_loss", loss_nan_for_a_while)
+    sets = ["train.max_steps=10", "train.save_every=2", "train.log_every=1"]
+    code, out, err = cli(*_cli(tmp_path / "run", *[a for s in sets for a in ("--set", s)]))
+    assert err.count("non-finite gradients, update skipped") == bad_batches
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(w.isfinite().all() for w in last["model"].values())
+    if bad_batches == 5:
+        assert code == 3 and "error: training diverged: 5 steps in a row" in err
+        assert last["step"] == 6
+    else:
+        assert code == 0 and last["step"] == 10
+        records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+        assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 6, 7, 8, 9, 10]
+
+
+def test_a_failed_write_saves_last_pt_first(tmp_path: Path, cli, monkeypatch, no_plots):
+    """The disk fills up while metrics.jsonl is appended to at step 4: one line naming the
+    file, exit 2, and last.pt saved at step 4 first."""
+    import seq2seq.files
+
+    run_dir = tmp_path / "run"
+    real_open = open
+
+    def disk_full_for_metrics(path, *args, **kwargs):
+        if Path(path).name == "metrics.jsonl" and metrics_lines(run_dir) >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(seq2seq.files, "open", disk_full_for_metrics, raising=False)
+    sets = ["train.log_every=1", "train.save_every=1000", "train.max_steps=10"]
+    code, out, err = cli(*_cli(run_dir, *[a for s in sets for a in ("--set", s)]))
+    assert code == 2 and "Traceback" not in err
+    error = err.strip().splitlines()[-1]
+    assert error == (
+        f"error: {run_dir / 'metrics.jsonl'}: could not write: No space left on device "
+        f"(saved {run_dir / 'last.pt'} at step 4)"
+    )
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 4
+
+
+def metrics_lines(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_a_failed_config_write_leaves_no_empty_config(tmp_path: Path, cli, monkeypatch):
+    import seq2seq.files
+
+    real_open = open
+
+    def read_only(path, *args, **kwargs):
+        if Path(path).name.startswith(".config.yaml"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(seq2seq.files, "open", read_only, raising=False)
+    code, out, err = cli(*_cli(tmp_path / "run"))
+    assert code == 2
+    assert f"{tmp_path / 'run' / 'config.yaml'}: could not write: Read-only file system" in err
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("name", ["best.pt", "last.pt", "metrics.jsonl"])
+def test_a_directory_in_place_of_a_run_file_is_found_first(tmp_path: Path, cli, name):
+    (tmp_path / "run" / name).mkdir(parents=True)
+    code, out, err = cli(*_cli(tmp_path / "run"))
+    assert code == 2 and f"{tmp_path / 'run' / name}: is not a regular file" in err
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_early_stopping(tmp_path: Path, no_plots):
