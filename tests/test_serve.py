@@ -103,7 +103,7 @@ def test_a_failing_request_fails_alone() -> None:
 
 def test_a_request_after_the_wait_starts_the_next_batch() -> None:
     calls, decode = [], DecodeConfig()
-    run_batcher(Batcher(stand_in(calls), 64, 0.02), [(["a"], decode), (["b"], decode)], gap=0.5)
+    run_batcher(Batcher(stand_in(calls), 64, 0.02), [(["a"], decode), (["b"], decode)], gap=0.25)
     assert [texts for texts, _ in calls] == [["a"], ["b"]]
 
 
