@@ -321,9 +321,9 @@ def evaluate(
 @app.command()
 def serve(
     model: ModelOption,
-    host: Annotated[str, typer.Option(help="Address to listen on (this machine only).")] = (
-        "127.0.0.1"
-    ),
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; the default answers this machine only.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one (printed).")] = 8000,
     device: DeviceOption = "auto",
     max_batch: Annotated[

@@ -153,7 +153,8 @@ def create_app(
         except Exception as error:  # this request's own failure; the others were answered
             log.exception("translation failed")
             field = "text" if body.texts is None else "texts"
-            raise RequestError(f"translation failed: {error}", field, 500) from None
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise RequestError(f"translation failed: {reason}", field, 500) from None
         request.state.batch = batched.batch_size
         results = [result(candidates, body.attention, decode) for candidates in batched.candidates]
         return TranslateResponse(
@@ -268,7 +269,8 @@ def add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
         if first["type"] == "json_invalid":
-            return error_response(400, f"malformed JSON: {first['ctx']['error']}", "body")
+            reason = first.get("ctx", {}).get("error", first["msg"])
+            return error_response(400, f"malformed JSON: {reason}", "body")
         loc = [str(part) for part in first["loc"][1:]]  # after "body"
         if not loc:  # no body, or not an object (or not sent as application/json)
             message = f"the body must be a JSON object (application/json): {first['msg']}"
