@@ -331,6 +331,36 @@ def evaluate(
     typer.echo(json.dumps(record) if as_json else report)
 
 
+@app.command()
+def serve(
+    model: ModelOption,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; the default answers this machine only.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one (printed).")] = 8000,
+    device: DeviceOption = "auto",
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="Most sentences in one decoder batch.")
+    ] = 64,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0.0, help="How long a request waits for others to batch with.")
+    ] = 5.0,
+    max_chars: Annotated[int, typer.Option(min=1, help="Most characters in one text.")] = 2000,
+    max_texts: Annotated[int, typer.Option(min=1, help="Most texts in one request.")] = 64,
+    max_beam: Annotated[int, typer.Option(min=1, help="Largest beam a request may ask for.")] = 10,
+    max_nbest: Annotated[
+        int, typer.Option(min=1, help="Largest nbest a request may ask for.")
+    ] = 10,
+) -> None:
+    """Serve translations over HTTP: POST /translate, GET /health, GET /info, a page at /.
+    Concurrent requests are decoded together in batches; SIGTERM or Ctrl-C stops the server
+    after the requests in flight are answered."""
+    from seq2seq.serve import Limits, run
+
+    limits = Limits(max_chars, max_texts, max_beam, max_nbest, max_batch, max_wait_ms)
+    run(model, host, port, device, limits)
+
+
 def _score_file(lines: list[str], references: list[str], translator, lang: str):
     """Scores of a file of translations, tokenized BLEU with the model's target words or
     with spaCy's `lang` tokenizer."""

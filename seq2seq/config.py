@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from seq2seq.errors import UserError
 from seq2seq.files import write_atomic
@@ -186,14 +194,16 @@ class DecodeConfig(Section):
     log-probabilities (`log_probs`) or the log of the mean of their probabilities
     (`probs`); on Multi30k validation the two were within 0.01 BLEU (docs/results.md)."""
 
-    @model_validator(mode="after")
-    def _nbest_fits_the_beam(self) -> DecodeConfig:
-        if self.nbest > self.beam_size:
+    @field_validator("nbest")
+    @classmethod
+    def _nbest_fits_the_beam(cls, nbest: int, info: ValidationInfo) -> int:
+        beam_size = info.data.get("beam_size")  # absent when itself invalid
+        if beam_size is not None and nbest > beam_size:
             raise ValueError(
-                f"nbest {self.nbest} (--nbest) needs a beam of at least {self.nbest} "
-                f"(--beam; beam_size is {self.beam_size})"
+                f"nbest {nbest} (--nbest) needs a beam of at least {nbest} "
+                f"(--beam; beam_size is {beam_size})"
             )
-        return self
+        return nbest
 
     def updated(self, **changes: object) -> DecodeConfig:
         """A validated copy with `changes` applied (None leaves a setting as it is); a bad
@@ -203,9 +213,17 @@ class DecodeConfig(Section):
             return DecodeConfig.model_validate(values)
         except ValidationError as error:
             first = error.errors()[0]
-            key = ".".join(str(part) for part in first["loc"]) or "decode"
+            key = ".".join(str(part) for part in first["loc"])
             message = str(first["msg"]).removeprefix("Value error, ")
-            raise UserError(f"decode.{key}: {message}" if first["loc"] else message) from None
+            raise SettingError(f"decode.{key}: {message}", key) from None
+
+
+class SettingError(UserError):
+    """A bad decoding setting; `key` names it (the server reports it as a request field)."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
 
 
 class Config(Section):

@@ -67,9 +67,8 @@ def plot_attention(translation: Translation, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = ["<sos>", *translation.source_tokens, "<eos>"]
-    rows = [*translation.tokens, "<eos>"][: translation.attention.size(0)]
-    weights = translation.attention[: len(rows), : len(columns)].numpy()
+    rows, columns, weights = translation.attention_grid()
+    weights = weights.numpy()
     gates = translation.gates
     width = max(4.0, 0.45 * len(columns) + 1.5) + (1.0 if gates else 0.0)
     height = max(3.0, 0.4 * len(rows) + 1.2) + (0.6 if gates and gates.temporal is not None else 0)

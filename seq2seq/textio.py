@@ -74,17 +74,7 @@ def format_candidates(
 ) -> str:
     """The output line(s) of one input line."""
     if as_json:
-        record = [
-            {
-                "translation": c.text,
-                "score": c.score,
-                "tokens": c.tokens,
-                "source_tokens": c.source_tokens,
-                "alignment": c.alignment(),
-                **({"gates": gate_record(c.gates)} if c.gates else {}),
-            }
-            for c in candidates
-        ]
+        record = [translation_record(c) for c in candidates]
         best = record[0] if nbest == 1 else {**record[0], "nbest": record}
         return json.dumps({"index": index, **best}, ensure_ascii=False) + "\n"
     if nbest > 1:
@@ -93,6 +83,18 @@ def format_candidates(
         )
     best = candidates[0]
     return f"{best.score:.4f}\t{best.text}\n" if scores else best.text + "\n"
+
+
+def translation_record(translation: Translation) -> dict[str, object]:
+    """One translation as JSON data (`translate --json`, the server's answers)."""
+    return {
+        "translation": translation.text,
+        "score": translation.score,
+        "tokens": translation.tokens,
+        "source_tokens": translation.source_tokens,
+        "alignment": translation.alignment(),
+        **({"gates": gate_record(translation.gates)} if translation.gates else {}),
+    }
 
 
 def gate_record(gates: GateValues) -> dict[str, list[float]]:

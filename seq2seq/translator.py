@@ -51,6 +51,13 @@ class Translation:
     gates: GateValues | None = None  # encoder gate values (channel [2H], temporal
     #                                  [len(source_tokens) + 2]) when the model has a gate
 
+    def attention_grid(self) -> tuple[list[str], list[str], Tensor]:
+        """The attention as a heatmap shows it -> (row labels: output tokens and <eos>,
+        column labels: <sos> source tokens <eos>, weights [rows, columns])."""
+        columns = ["<sos>", *self.source_tokens, "<eos>"]
+        rows = [*self.tokens, "<eos>"][: self.attention.size(0)]
+        return rows, columns, self.attention[: len(rows), : len(columns)]
+
     def alignment(self) -> list[int]:
         """For each output token, the index of the source token it attends to most."""
         if not self.source_tokens:

@@ -1,0 +1,338 @@
+"""The HTTP server: POST /translate, GET /health, GET /info and a page at /.
+
+`create_app(translator, limits)` builds the FastAPI app; `run(...)` serves it with uvicorn.
+Requests are decoded in batches with other requests (`batching.py`). Every error is
+answered as `{"error": "...", "field": "..."}` (field: the request field at fault, or
+null), never with a traceback; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from importlib import metadata, resources
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from seq2seq.batching import Batcher
+from seq2seq.config import DecodeConfig, SettingError
+from seq2seq.errors import UserError
+from seq2seq.textio import translation_record
+from seq2seq.translator import Translation, Translator
+
+log = logging.getLogger("seq2seq.serve")
+
+# The request fields that set each decoding setting.
+SETTING_FIELDS = {"beam_size": "beam", "nbest": "nbest", "alpha": "alpha"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_chars: int = 2000  # characters per text
+    max_texts: int = 64  # texts per request
+    max_beam: int = 10
+    max_nbest: int = 10
+    max_batch: int = 64  # sentences per decoder batch
+    max_wait_ms: float = 5.0  # how long a request waits for others to share its batch
+
+    def max_body(self) -> int:
+        """Bytes a request body may have: every text at its longest, each character
+        written as a 6-byte JSON escape, plus room for the other fields."""
+        return self.max_texts * (6 * self.max_chars + 8) + 4096
+
+
+class TranslateRequest(BaseModel):
+    """`text` or `texts`; unset decoding settings take the model's defaults (GET /info)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    text: str | None = Field(None, description="One sentence to translate.")
+    texts: list[str] | None = Field(None, description="Several sentences, translated in order.")
+    beam: int | None = Field(None, description="Beam size; 1 is greedy search.")
+    nbest: int | None = Field(None, description="Translations per sentence (at most beam).")
+    alpha: float | None = Field(None, description="GNMT length penalty alpha (>= 0).")
+    attention: bool = Field(False, description="Also return the attention weights.")
+
+
+class Attention(BaseModel):
+    target: list[str]  # row labels: the output tokens and <eos>
+    source: list[str]  # column labels: <sos>, the source tokens, <eos>
+    weights: list[list[float]]  # [len(target), len(source)]; each row sums to 1
+
+
+class Candidate(BaseModel):
+    translation: str
+    score: float | None  # log-probability (/ length penalty in beams); null if not finite
+    tokens: list[str]
+    source_tokens: list[str]
+    alignment: list[int]  # per output token, the source token it attends to most
+    gates: dict[str, list[float]] | None = None  # encoder gate values, for a gated model
+    attention: Attention | None = None
+
+
+class Result(Candidate):
+    truncated: bool  # the text was longer than the model's decode.max_source_length tokens
+    nbest: list[Candidate] | None = None  # the n best, best first, when nbest > 1
+
+
+class TranslateResponse(BaseModel):
+    translations: list[Result]  # one per text, in order
+    beam: int
+    nbest: int
+    alpha: float
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    field: str | None
+
+
+class RequestError(Exception):
+    """A request the server refuses: answered with `status` and the field at fault."""
+
+    def __init__(self, message: str, field: str | None, status: int = 422):
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+def create_app(
+    translator: Translator, limits: Limits = Limits(), members: Sequence[str] = ()
+) -> FastAPI:
+    """The app serving `translator`; `members` names its checkpoints (for GET /info)."""
+    defaults = translator.decode.updated(batch_size=limits.max_batch)
+    try:
+        request_decode(defaults, TranslateRequest(), limits)
+    except RequestError as error:
+        raise UserError(f"the model's default decoding settings: {error}") from None
+    batcher = Batcher(translator.translate_nbest, limits.max_batch, limits.max_wait_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()  # uvicorn gets here once the last request has been answered
+
+    app = FastAPI(title="seq2seq", version=_version("seq2seq"), lifespan=lifespan)
+    add_error_handlers(app)
+    add_request_log(app, limits.max_body())
+    page = (resources.files("seq2seq") / "static" / "index.html").read_text("utf-8")
+    info = model_info(translator, defaults, limits, members)
+    errors = {code: {"model": ErrorResponse} for code in (400, 413, 422, 500)}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def get_info() -> dict[str, object]:
+        return info
+
+    @app.post("/translate", response_model_exclude_none=True, responses=errors)
+    async def translate(body: TranslateRequest, request: Request) -> TranslateResponse:
+        """Translate `text` or `texts`."""
+        texts = request_texts(body, limits)
+        decode = request_decode(defaults, body, limits)
+        request.state.texts = len(texts)
+        try:
+            batched = await batcher.translate(texts, decode)
+        except Exception as error:  # this request's own failure; the others were answered
+            log.exception("translation failed")
+            field = "text" if body.texts is None else "texts"
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise RequestError(f"translation failed: {reason}", field, 500) from None
+        request.state.batch = batched.batch_size
+        results = [result(candidates, body.attention, decode) for candidates in batched.candidates]
+        return TranslateResponse(
+            translations=results, beam=decode.beam_size, nbest=decode.nbest, alpha=decode.alpha
+        )
+
+    return app
+
+
+def request_texts(body: TranslateRequest, limits: Limits) -> list[str]:
+    """The texts to translate, each checked against the limits."""
+    if (body.text is None) == (body.texts is None):
+        raise RequestError("give either text (one sentence) or texts (a list)", "text")
+    field = "text" if body.texts is None else "texts"
+    texts = [body.text] if body.texts is None else body.texts
+    if not texts or len(texts) > limits.max_texts:
+        count = f"{len(texts)} texts" if texts else "no texts"
+        raise RequestError(f"{count}; 1 to {limits.max_texts} per request (--max-texts)", field)
+    for index, text in enumerate(texts):
+        name = field if body.texts is None else f"texts[{index}]"
+        if not text.strip():
+            raise RequestError(f"{name} is empty", field)
+        if len(text) > limits.max_chars:
+            limit = f"at most {limits.max_chars} (--max-chars)"
+            raise RequestError(f"{name} has {len(text)} characters, {limit}", field)
+        if any("\ud800" <= character <= "\udfff" for character in text):  # JSON allows them
+            raise RequestError(f"{name} is not valid Unicode (a lone surrogate)", field)
+    return texts
+
+
+def request_decode(defaults: DecodeConfig, body: TranslateRequest, limits: Limits) -> DecodeConfig:
+    """The request's decoding settings, validated by DecodeConfig and within the limits."""
+    try:
+        decode = defaults.updated(beam_size=body.beam, nbest=body.nbest, alpha=body.alpha)
+    except SettingError as error:
+        raise RequestError(str(error), SETTING_FIELDS.get(error.key)) from None
+    for field, value, limit in (
+        ("beam", decode.beam_size, limits.max_beam),
+        ("nbest", decode.nbest, limits.max_nbest),
+    ):
+        if value > limit:
+            message = f"{field} {value} is over this server's limit {limit} (--max-{field})"
+            raise RequestError(message, field)
+    return decode
+
+
+def result(candidates: list[Translation], attention: bool, decode: DecodeConfig) -> Result:
+    """One text's answer: the best translation, and the n best when more were asked for."""
+    records = [candidate(translation, attention) for translation in candidates]
+    nbest = records if decode.nbest > 1 else None
+    return Result(**records[0], truncated=candidates[0].truncated, nbest=nbest)
+
+
+def candidate(translation: Translation, attention: bool) -> dict[str, object]:
+    record = {**translation_record(translation), "score": rounded(translation.score)}
+    if attention:
+        target, source, weights = translation.attention_grid()
+        weights = torch.nan_to_num(weights.float())  # [len(target), len(source)]
+        matrix = [[round(w, 4) for w in row] for row in weights.tolist()]
+        record["attention"] = {"target": target, "source": source, "weights": matrix}
+    return record
+
+
+def rounded(number: float) -> float | None:
+    """4 decimals, or None for a number JSON cannot carry (NaN, infinity)."""
+    return round(number, 4) if math.isfinite(number) else None
+
+
+def model_info(
+    translator: Translator, decode: DecodeConfig, limits: Limits, members: Sequence[str]
+) -> dict[str, object]:
+    """GET /info: what the server translates with, and its limits."""
+    models = [
+        {
+            "checkpoint": members[i] if i < len(members) else None,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "model": model.config.model_dump(),
+        }
+        for i, model in enumerate(translator.models)
+    ]
+    return {
+        "members": models,
+        "parameters": sum(member["parameters"] for member in models),
+        "vocabulary": {"source": len(translator.src.vocab), "target": len(translator.trg.vocab)},
+        "decode": decode.model_dump(),
+        "limits": asdict(limits),
+        "device": str(translator.device),
+        "versions": {name: _version(name) for name in ("seq2seq", "torch", "fastapi", "uvicorn")},
+        "python": sys.version.split()[0],
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def error_response(status: int, message: str, field: str | None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error in one style: {"error": "...", "field": ...}, no traceback."""
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, error: RequestError) -> JSONResponse:
+        return error_response(error.status, str(error), error.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            reason = first.get("ctx", {}).get("error", first["msg"])
+            return error_response(400, f"malformed JSON: {reason}", "body")
+        loc = [str(part) for part in first["loc"][1:]]  # after "body"
+        if not loc:  # no body, or not an object (or not sent as application/json)
+            message = f"the body must be a JSON object (application/json): {first['msg']}"
+            return error_response(400, message, "body")
+        where = loc[0] + "".join(f"[{part}]" for part in loc[1:])
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        return error_response(422, f"{where}: {message}", loc[0])
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return error_response(error.status_code, str(error.detail), None)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, error: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {type(error).__name__}", None)
+
+
+def add_request_log(app: FastAPI, max_body: int) -> None:
+    """One log line per request; a body announced as too large is refused unread."""
+
+    @app.middleware("http")
+    async def log_request(request: Request, call_next):
+        start, status = time.perf_counter(), 500
+        try:
+            length = request.headers.get("content-length", "0")
+            if length.isdigit() and int(length) > max_body:
+                response = error_response(413, f"body over {max_body} bytes", "body")
+            else:
+                response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            # e.g. `127.0.0.1 POST /translate 200 texts=1 batch=12 35.2ms`: batch counts
+            # the sentences decoded together with this request's
+            state = request.state
+            texts = f" texts={state.texts}" if hasattr(state, "texts") else ""
+            batch = f" batch={state.batch}" if hasattr(state, "batch") else ""
+            client = request.client.host if request.client else "-"
+            milliseconds = (time.perf_counter() - start) * 1000
+            where = f"{client} {request.method} {request.url.path}"
+            log.info("%s %d%s%s %.1fms", where, status, texts, batch, milliseconds)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket; a port in use or a bad address is a UserError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except (OSError, OverflowError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise UserError(f"cannot listen on {host} port {port}: {reason}") from None
+
+
+def run(models: Sequence[Path], host: str, port: int, device: str, limits: Limits) -> None:
+    """Serve until SIGTERM or SIGINT; then requests in flight are answered before exit."""
+    import uvicorn
+
+    with listen(host, port) as sock:
+        translator = Translator.from_checkpoint(models, device)
+        app = create_app(translator, limits, [str(path) for path in models])
+        logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
+        name = f"[{host}]" if ":" in host else host
+        print(f"serving on http://{name}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
+        config = uvicorn.Config(app, access_log=False, log_level="info", log_config=None)
+        uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,378 @@
+"""The server: the batcher alone (with a stand-in decoder), the API through FastAPI's
+TestClient on the toy model (answers equal the Translator's on each text alone, every bad
+request a JSON 4xx naming the field and the server still serving), and a real
+`seq2seq serve` process: concurrent clients batched, graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ROOT, TOY_DATA
+from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
+from load_test import start_server
+
+from seq2seq.batching import Batcher
+from seq2seq.config import DecodeConfig
+from seq2seq.corpus import read_lines
+from seq2seq.errors import UserError
+from seq2seq.serve import Limits, create_app
+from seq2seq.translator import Translator
+
+SOURCES = read_lines(TOY_DATA / "test.de")
+LIMITS = Limits(max_chars=80, max_texts=4, max_beam=6, max_nbest=3, max_wait_ms=1.0)
+SETTINGS = [{}, {"beam": 1}, {"beam": 3, "nbest": 2, "alpha": 1.0}]
+
+
+def run_batcher(batcher: Batcher, requests: list[tuple[list[str], DecodeConfig]], gap: float = 0):
+    """Send the requests (`gap` seconds apart) -> their results or exceptions."""
+
+    async def send_all() -> list:
+        batcher.start()
+        try:
+            sent = []
+            for texts, decode in requests:
+                sent.append(asyncio.ensure_future(batcher.translate(texts, decode)))
+                await asyncio.sleep(gap)
+            return await asyncio.gather(*sent, return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(send_all())
+
+
+def stand_in(calls: list[tuple[list[str], DecodeConfig]]):
+    """A decoder that records its calls, answers `text:beam` and fails on "bad"."""
+
+    def translate(texts: list[str], decode: DecodeConfig) -> list[list[str]]:
+        calls.append((list(texts), decode))
+        if any("bad" in text for text in texts):
+            raise ValueError("cannot translate bad")
+        return [[f"{text}:{decode.beam_size}"] for text in texts]
+
+    return translate
+
+
+def test_concurrent_requests_share_one_decoder_call() -> None:
+    calls, decode = [], DecodeConfig()
+    sizes = [1, 2, 1, 3, 1]
+    requests = [([f"s{i}.{j}" for j in range(size)], decode) for i, size in enumerate(sizes)]
+    results = run_batcher(Batcher(stand_in(calls), 64, 0.2), requests)
+    assert [texts for texts, _ in calls] == [[t for texts, _ in requests for t in texts]]
+    for (texts, _), result in zip(requests, results, strict=True):
+        assert result.candidates == [[f"{text}:5"] for text in texts]
+        assert result.batch_size == sum(sizes)
+
+
+def test_a_batch_holds_at_most_max_batch_sentences_and_never_splits_a_request() -> None:
+    calls, decode = [], DecodeConfig()
+    requests = [([f"s{i}"] * size, decode) for i, size in enumerate([2, 3, 1, 1, 5])]
+    run_batcher(Batcher(stand_in(calls), 4, 0.2), requests)
+    assert [len(texts) for texts, _ in calls] == [2, 4, 1, 5]
+
+
+def test_requests_are_batched_with_those_of_the_same_settings() -> None:
+    calls, greedy, beam = [], DecodeConfig(beam_size=1), DecodeConfig(beam_size=3)
+    requests = [(["a"], greedy), (["b"], beam), (["c"], greedy), (["d"], beam)]
+    results = run_batcher(Batcher(stand_in(calls), 64, 0.2), requests)
+    assert calls == [(["a", "c"], greedy), (["b", "d"], beam)]
+    assert [r.candidates for r in results] == [[["a:1"]], [["b:3"]], [["c:1"]], [["d:3"]]]
+
+
+def test_a_failing_request_fails_alone() -> None:
+    calls, decode = [], DecodeConfig()
+    requests = [(["a"], decode), (["bad"], decode), (["c", "d"], decode)]
+    first, failed, third = run_batcher(Batcher(stand_in(calls), 64, 0.2), requests)
+    assert isinstance(failed, ValueError)
+    assert first.candidates == [["a:5"]] and third.candidates == [["c:5"], ["d:5"]]
+    assert [texts for texts, _ in calls] == [["a", "bad", "c", "d"], ["a"], ["bad"], ["c", "d"]]
+
+
+def test_a_request_after_the_wait_starts_the_next_batch() -> None:
+    calls, decode = [], DecodeConfig()
+    run_batcher(Batcher(stand_in(calls), 64, 0.02), [(["a"], decode), (["b"], decode)], gap=0.25)
+    assert [texts for texts, _ in calls] == [["a"], ["b"]]
+
+
+@pytest.fixture
+def client(toy_translator: Translator):
+    with TestClient(create_app(toy_translator, LIMITS, ["toy.pt"])) as client:
+        yield client
+
+
+def assert_answers_alone(translator: Translator, text: str, settings: dict, answer: dict) -> None:
+    """The answer for `text` is what the Translator gives for it alone."""
+    changes = {"beam_size": settings.get("beam"), "nbest": settings.get("nbest")}
+    decode = translator.decode.updated(**changes, alpha=settings.get("alpha"))
+    (alone,) = translator.translate_nbest([text], decode)
+    candidates = answer["nbest"] if decode.nbest > 1 else [answer]
+    assert [c["translation"] for c in candidates] == [t.text for t in alone]
+    assert [c["tokens"] for c in candidates] == [t.tokens for t in alone]
+    assert [c["score"] for c in candidates] == pytest.approx([t.score for t in alone], abs=1e-3)
+    assert answer["source_tokens"] == alone[0].source_tokens
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_texts_are_translated_as_the_translator_translates_each_alone(
+    client: TestClient, toy_translator: Translator, settings: dict
+) -> None:
+    texts = SOURCES[3:6]
+    response = client.post("/translate", json={"texts": texts, "attention": True, **settings})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert len(answer["translations"]) == len(texts)
+    for text, translation in zip(texts, answer["translations"], strict=True):
+        assert_answers_alone(toy_translator, text, settings, translation)
+        attention = translation["attention"]
+        assert attention["source"] == ["<sos>", *translation["source_tokens"], "<eos>"]
+        assert attention["target"] == [*translation["tokens"], "<eos>"]
+        assert len(attention["weights"]) == len(attention["target"])
+        for row in attention["weights"]:
+            assert len(row) == len(attention["source"]) and sum(row) == pytest.approx(1, abs=1e-3)
+    decode = toy_translator.decode
+    assert answer["beam"] == settings.get("beam", decode.beam_size)
+    assert answer["nbest"] == settings.get("nbest", decode.nbest)
+
+
+def test_one_text_with_the_defaults(client: TestClient, toy_translator: Translator) -> None:
+    answer = client.post("/translate", json={"text": SOURCES[0]}).json()
+    (translation,) = answer["translations"]
+    assert_answers_alone(toy_translator, SOURCES[0], {}, translation)
+    assert "attention" not in translation and "nbest" not in translation
+    assert translation["truncated"] is False
+
+
+def test_concurrent_requests_are_batched_and_a_failure_fails_only_its_request(
+    toy_translator: Translator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes, translate_nbest = [], toy_translator.translate_nbest
+
+    def failing_on_kaputt(lines: list[str], decode: DecodeConfig):
+        sizes.append(len(lines))
+        if "Kaputt." in lines:
+            raise RuntimeError("a decoder failure")
+        return translate_nbest(lines, decode)
+
+    monkeypatch.setattr(toy_translator, "translate_nbest", failing_on_kaputt)
+    texts = [*SOURCES[:7], "Kaputt."]
+    barrier = threading.Barrier(len(texts))
+    with TestClient(create_app(toy_translator, Limits(max_wait_ms=2000, max_batch=8))) as client:
+
+        def send(text: str) -> httpx.Response:
+            barrier.wait()
+            return client.post("/translate", json={"text": text, "beam": 2})
+
+        with ThreadPoolExecutor(len(texts)) as pool:
+            responses = list(pool.map(send, texts))
+    monkeypatch.undo()
+    assert sizes[0] == len(texts)  # all in one batch, then one by one
+    assert responses[-1].status_code == 500
+    assert responses[-1].json() == {
+        "error": "translation failed: a decoder failure",
+        "field": "text",
+    }
+    for text, response in zip(texts[:-1], responses[:-1], strict=True):
+        assert response.status_code == 200
+        assert_answers_alone(toy_translator, text, {"beam": 2}, response.json()["translations"][0])
+
+
+JSON = {"Content-Type": "application/json"}
+GOOD = {"text": SOURCES[1]}
+BAD_REQUESTS = [  # body, status, field
+    (b'{"text": "Ein Hund', 400, "body"),
+    (b"", 400, "body"),
+    (b"[1, 2]", 400, "body"),
+    (b'"Ein Hund."', 400, "body"),
+    (b"\xff\xfe", 400, "body"),
+    ({}, 422, "text"),
+    ({"text": "Ein Hund.", "texts": ["Ein Hund."]}, 422, "text"),
+    ({"text": 5}, 422, "text"),
+    ({"text": None}, 422, "text"),
+    ({"text": ""}, 422, "text"),
+    ({"text": " \t\n"}, 422, "text"),
+    ({"text": "Ein Hund. " * 9}, 422, "text"),  # 90 characters, over max_chars 80
+    ({"text": "Ein Hund \ud800."}, 422, "text"),
+    ({"texts": []}, 422, "texts"),
+    ({"texts": ["Ein Hund."] * 5}, 422, "texts"),
+    ({"texts": ["Ein Hund.", ""]}, 422, "texts"),
+    ({"texts": ["Ein Hund.", 3]}, 422, "texts"),
+    ({"texts": "Ein Hund."}, 422, "texts"),
+    ({**GOOD, "beam": 0}, 422, "beam"),
+    ({**GOOD, "beam": -3}, 422, "beam"),
+    ({**GOOD, "beam": 7}, 422, "beam"),  # over max_beam 6
+    ({**GOOD, "beam": "3"}, 422, "beam"),
+    ({**GOOD, "beam": 2.5}, 422, "beam"),
+    ({**GOOD, "beam": True}, 422, "beam"),
+    ({**GOOD, "nbest": 0}, 422, "nbest"),
+    ({**GOOD, "nbest": 4, "beam": 6}, 422, "nbest"),  # over max_nbest 3
+    ({**GOOD, "nbest": 3, "beam": 2}, 422, "nbest"),  # nbest > beam
+    ({**GOOD, "alpha": -0.5}, 422, "alpha"),
+    ({**GOOD, "alpha": "high"}, 422, "alpha"),
+    (b'{"text": "Ein Hund.", "alpha": NaN}', 422, "alpha"),
+    (b'{"text": "Ein Hund.", "alpha": Infinity}', 422, "alpha"),
+    ({**GOOD, "attention": "yes"}, 422, "attention"),
+    ({**GOOD, "language": "fr"}, 422, "language"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "field"), BAD_REQUESTS)
+def test_a_bad_request_is_a_json_error_naming_the_field(
+    client: TestClient, body: dict | bytes, status: int, field: str
+) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = client.post("/translate", content=content, headers=JSON)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert set(answer) == {"error", "field"} and answer["field"] == field
+    assert "Traceback" not in answer["error"] and "\n" not in answer["error"]
+    assert client.post("/translate", json=GOOD).status_code == 200  # still serving
+
+
+def test_errors_name_the_setting_and_the_limit(client: TestClient) -> None:
+    def error(body: dict) -> str:
+        return client.post("/translate", json=body).json()["error"]
+
+    assert "nbest" in error({**GOOD, "nbest": 3, "beam": 2}) and "beam" in error(
+        {**GOOD, "beam": 0}
+    )
+    assert "--max-beam" in error({**GOOD, "beam": 7})
+    assert "--max-texts" in error({"texts": ["Ein Hund."] * 5})
+    assert "--max-chars" in error({"text": "Ein Hund. " * 9})
+    assert error({"texts": ["Ein Hund.", ""]}) == "texts[1] is empty"
+    assert error({"texts": ["Ein Hund.", 3]}).startswith("texts[1]: ")
+
+
+def test_a_body_over_the_limit_is_refused_unread(client: TestClient) -> None:
+    body = json.dumps({"text": "x" * (LIMITS.max_body() + 1)})
+    response = client.post("/translate", content=body, headers=JSON)
+    assert response.status_code == 413 and response.json()["field"] == "body"
+
+
+def test_unknown_paths_and_methods_answer_json(client: TestClient) -> None:
+    assert client.get("/nowhere").json() == {"error": "Not Found", "field": None}
+    assert client.get("/translate").status_code == 405
+    assert client.get("/translate").json()["field"] is None
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 9) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=8,
+)
+FIELDS = st.sampled_from(["text", "texts", "beam", "nbest", "alpha", "attention", "x"])
+
+
+@given(body=st.dictionaries(FIELDS, JSON_VALUES | st.sampled_from(SOURCES[:3]), max_size=5))
+def test_any_json_object_is_answered_without_a_server_error(client: TestClient, body) -> None:
+    response = client.post("/translate", content=json.dumps(body).encode(), headers=JSON)
+    assert response.status_code in (200, 400, 422), response.text
+    answer = response.json()
+    if response.status_code == 200:
+        assert len(answer["translations"]) == (1 if "text" in body else len(body["texts"]))
+    else:
+        assert set(answer) == {"error", "field"} and answer["field"] in (*body, "text", "body")
+
+
+def test_health_info_page_and_openapi(client: TestClient, toy_translator: Translator) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    (model,) = toy_translator.models
+    parameters = sum(p.numel() for p in model.parameters())
+    assert info["members"] == [
+        {"checkpoint": "toy.pt", "parameters": parameters, "model": model.config.model_dump()}
+    ]
+    assert info["parameters"] == parameters
+    assert info["vocabulary"] == {
+        "source": len(toy_translator.src.vocab),
+        "target": len(toy_translator.trg.vocab),
+    }
+    assert info["decode"]["beam_size"] == toy_translator.decode.beam_size
+    assert info["limits"]["max_beam"] == LIMITS.max_beam
+    assert info["versions"]["torch"] and info["versions"]["fastapi"]
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'id="heatmap"' in page.text
+    assert "://" not in page.text and "<script src" not in page.text  # nothing from elsewhere
+    assert "/translate" in client.get("/openapi.json").json()["paths"]
+
+
+def test_default_settings_over_the_limits_are_refused(toy_translator: Translator) -> None:
+    with pytest.raises(UserError, match="beam 5 is over this server's limit 2"):
+        create_app(toy_translator, Limits(max_beam=2))
+
+
+def test_serve_command_errors_are_one_line(cli, toy_checkpoint: Path, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        cases = [
+            (tmp_path / "missing.pt", "0", "error: " + str(tmp_path / "missing.pt")),
+            (toy_checkpoint, "70000", "error: cannot listen on 127.0.0.1 port 70000"),
+            (toy_checkpoint, port, f"error: cannot listen on 127.0.0.1 port {port}"),
+        ]
+        for model, port, message in cases:
+            code, out, err = cli("serve", "--model", model, "--port", port)
+            assert (code, out) == (2, "") and err.startswith(message) and err.count("\n") == 1
+
+
+def test_the_command_line_does_not_load_the_server() -> None:
+    """`seq2seq --help` stays fast: FastAPI and uvicorn load only for `serve`."""
+    code = "import sys, seq2seq.cli; print(sorted({'fastapi', 'uvicorn'} & set(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_a_real_server_batches_concurrent_clients_and_stops_gracefully(
+    toy_checkpoint: Path, toy_translator: Translator, tmp_path: Path, monkeypatch
+) -> None:
+    """16 clients at once get what each sentence gives alone; then a request in flight
+    when SIGTERM arrives is still answered before the server exits."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    log = tmp_path / "server.log"
+    options = ["--max-batch", "8", "--max-wait-ms", "1000"]  # a lone request waits 1 s
+    process, url = start_server([toy_checkpoint], options, log)
+    try:
+        requests = [(SOURCES[i], SETTINGS[i % len(SETTINGS)]) for i in range(16)]
+        barrier = threading.Barrier(len(requests))
+
+        def send(request: tuple[str, dict]) -> tuple[httpx.Response, float]:
+            barrier.wait()
+            text, settings = request
+            response = httpx.post(f"{url}/translate", json={"text": text, **settings}, timeout=60)
+            return response, time.monotonic()
+
+        with ThreadPoolExecutor(len(requests)) as pool:
+            answers = [response for response, _ in pool.map(send, requests)]
+        for (text, settings), response in zip(requests, answers, strict=True):
+            assert response.status_code == 200
+            assert_answers_alone(toy_translator, text, settings, response.json()["translations"][0])
+        batches = [int(size) for size in re.findall(r" batch=(\d+) ", log.read_text())]
+        assert len(batches) == len(requests) and max(batches) > 1
+
+        barrier = threading.Barrier(1)  # `send` alone now
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(send, (SOURCES[20], {}))
+            time.sleep(0.3)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            response, answered = in_flight.result()
+        assert response.status_code == 200 and answered > signalled
+        assert process.wait(60) == -signal.SIGTERM  # uvicorn re-raises it once done
+        assert "Application shutdown complete" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
