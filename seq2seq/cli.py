@@ -290,7 +290,6 @@ def evaluate(
     """Score translations against --ref: sacreBLEU BLEU and chrF (with signatures), tokenized
     BLEU, and perplexity. Translates --src with --model, or scores the lines of --hyp."""
     from seq2seq import textio
-    from seq2seq.corpus import read_parallel
 
     if hyp is None and (not model or src is None):
         raise UserError("evaluate needs --model and --src (to translate), or --hyp (to score)")
@@ -300,10 +299,7 @@ def evaluate(
         translator, decode = _translator(
             model, device, beam, alpha, replace_unk, batch_size, precision
         )
-    lines, references = read_parallel(hyp or src, ref)
-    if not references:
-        raise UserError(f"{ref}: no lines, nothing to score")
-    _warn_empty_references(ref, references)
+    lines, references = _read_pairs(hyp or src, ref)
     if hyp is not None:
         scores = _score_file(lines, references, translator, lang)
         record, report = {"sentences": len(references), **scores.as_dict()}, scores.report()
@@ -320,11 +316,18 @@ def evaluate(
     typer.echo(textio.strict_json(record) if as_json else report)
 
 
-def _warn_empty_references(ref: Path, references: list[str]) -> None:
-    """An empty reference scores every translation of its line as wrong."""
+def _read_pairs(lines_path: Path, ref: Path) -> tuple[list[str], list[str]]:
+    """The lines to score and their references; an empty reference, which scores any
+    translation of its line as wrong, is warned about."""
+    from seq2seq.corpus import read_parallel
+
+    lines, references = read_parallel(lines_path, ref)
+    if not references:
+        raise UserError(f"{ref}: no lines, nothing to score")
     empty = [number for number, line in enumerate(references, 1) if not line.strip()]
     if empty:
         warn(f"{ref}: {len(empty)} empty reference lines (the first: line {empty[0]})")
+    return lines, references
 
 
 def _score_file(lines: list[str], references: list[str], translator, lang: str):

@@ -370,13 +370,15 @@ def test_a_byte_order_mark_is_not_text(tmp_path: Path, suffix: str) -> None:
 
 
 def test_a_byte_order_mark_on_stdin_is_not_text(toy_checkpoint: Path, cli) -> None:
+    """The JSON output shows the source tokens as translated."""
     text = "Ein Hund läuft.\nEin Mann.\n".encode()
-    code, plain, err = cli("translate", "-m", toy_checkpoint, "--beam", "1", input=text)
+    args = ("translate", "-m", toy_checkpoint, "--beam", "1", "--json")
+    code, plain, err = cli(*args, input=text)
     assert code == 0, err
-    code, marked, err = cli("translate", "-m", toy_checkpoint, "--beam", "1",
-                            input=b"\xef\xbb\xbf" + text)  # fmt: skip
+    code, marked, err = cli(*args, input=b"\xef\xbb\xbf" + text)
     assert code == 0, err
-    assert marked == plain and plain.count("\n") == 2
+    assert marked == plain
+    assert json.loads(plain.splitlines()[0])["source_tokens"][0] == "Ein"
 
 
 def test_evaluate_warns_of_empty_reference_lines(tmp_path: Path, cli) -> None:
