@@ -3,7 +3,11 @@ training state when training, and a format version. This is the only module that
 the payload's keys; the rest of the package sees a `Bundle` (config, model, both sides).
 
 A checkpoint holds only tensors, numbers, strings, lists and dicts, and is always
-opened with `torch.load(weights_only=True)`: opening one can never run code.
+opened with `torch.load(weights_only=True)`: opening one can never run code. What a
+crafted file could still do is checked before it costs anything: entries that would
+inflate beyond the file (a zip bomb), tokenizer names that are not spaCy's (spacy.load
+imports the package it is given), weights that are NaN or infinite, and a config whose
+sizes disagree with the weights (it would allocate a model of its own size first).
 Saves are atomic: temporary file in the same folder, flush, fsync, rename.
 
 Payload: format, format_version, config (Config.model_dump()), vocab {src, trg: itos},
@@ -17,17 +21,19 @@ import pickle
 import warnings
 import zipfile
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from seq2seq.config import Config, config_from_dict
 from seq2seq.errors import UserError
 from seq2seq.files import write_atomic
 from seq2seq.model import Seq2Seq
 from seq2seq.text import TextSide
-from seq2seq.tokenizer import make_tokenizers, tokenizer_state
+from seq2seq.tokenizer import is_spacy_name, make_tokenizers, tokenizer_state
 from seq2seq.vocab import Vocabulary
 
 FORMAT = "seq2seq-checkpoint"
@@ -45,12 +51,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    try:
-        is_zip = zipfile.is_zipfile(path)  # torch.save writes zip archives
-    except zipfile.BadZipFile as e:  # a damaged end record, e.g. "span multiple disks"
-        raise UserError(f"{path}: damaged seq2seq checkpoint ({e})") from None
-    if not is_zip:
-        raise UserError(f"{path}: not a seq2seq checkpoint (truncated, or another kind of file)")
+    _check_archive(path)
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 5": one line on stderr
             warnings.simplefilter("ignore")
@@ -73,7 +74,49 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: checkpoint format {version} is newer than this seq2seq reads "
             f"({FORMAT_VERSION}); upgrade seq2seq"
         )
+    _check_contents(payload, path)
     return payload
+
+
+def _check_archive(path: Path) -> None:
+    """A zip archive (torch.save writes them) whose entries cannot inflate beyond the
+    file: torch.save stores entries uncompressed, so together they are never larger than
+    the file holding them, while torch.load would inflate a compressed entry that claims
+    gigabytes in memory before anything else checks it."""
+    try:
+        if not zipfile.is_zipfile(path):
+            raise UserError(
+                f"{path}: not a seq2seq checkpoint (truncated, or another kind of file)"
+            )
+        with zipfile.ZipFile(path) as archive:
+            claimed = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, EOFError) as e:  # e.g. "span multiple disks"
+        raise UserError(f"{path}: damaged seq2seq checkpoint ({e})") from None
+    size = path.stat().st_size
+    if claimed > size:
+        raise UserError(
+            f"{path}: refused: its entries would inflate to {claimed:,} bytes from a "
+            f"{size:,}-byte file (seq2seq checkpoints are stored uncompressed)"
+        )
+
+
+def _check_contents(payload: dict[str, Any], path: Path) -> None:
+    """Tokenizer names that spacy.load may import, and finite weights."""
+    names = payload.get("tokenizer")
+    for side in ("src", "trg") if isinstance(names, dict) else ():
+        if not is_spacy_name(names.get(side)):
+            raise UserError(
+                f"{path}: refused: tokenizer.{side} {names.get(side)!r} is not a spaCy "
+                "language or pipeline name (such as blank:de or de_core_news_sm)"
+            )
+    weights = payload.get("model")
+    for name, tensor in weights.items() if isinstance(weights, dict) else ():
+        if (
+            isinstance(tensor, torch.Tensor)
+            and tensor.is_floating_point()
+            and not bool(torch.isfinite(tensor).all())
+        ):
+            raise UserError(f"{path}: refused: its weights {name} hold NaN or infinite values")
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
@@ -85,8 +128,11 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         raise UserError("average: no checkpoints given")
     first = load_checkpoint(paths[0])
     total = {name: tensor.double().clone() for name, tensor in first["model"].items()}
-    for path in paths[1:]:
-        payload = load_checkpoint(path)
+    for index, path in enumerate(paths[1:], 1):
+        payload = load_checkpoint(path)  # first: a missing file is named as missing
+        twin = next((other for other in paths[:index] if os.path.samefile(other, path)), None)
+        if twin is not None:
+            raise UserError(f"{path}: the same file as {twin}; an average takes each once")
         if payload["vocab"] != first["vocab"] or payload["model"].keys() != total.keys():
             raise UserError(f"{path}: a different model or vocabulary than {paths[0]}")
         for name, tensor in payload["model"].items():
@@ -136,15 +182,74 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     try:
         config = config_from_dict(payload["config"], source=f"{path} (config)")
         src_vocab, trg_vocab = saved_vocabularies(payload)
+        _check_sizes(config, len(src_vocab), len(trg_vocab), saved_weights(payload), path)
         model = Seq2Seq(config.model, len(src_vocab), len(trg_vocab))
         model.load_state_dict(payload["model"])
         src_tokenizer, trg_tokenizer = make_tokenizers(config, saved_tokenizers(payload))
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
         raise UserError(f"{path}: damaged seq2seq checkpoint ({error})") from None
     model.to(device).eval()
     return Bundle(
         config, model, TextSide(src_tokenizer, src_vocab), TextSide(trg_tokenizer, trg_vocab)
     )
+
+
+# The sizes that a config and its vocabularies give a model, and the weights whose shape
+# shows each: (key, weights, dimension).
+_SIZES = (
+    ("vocab.src size", "encoder.embedding.weight", 0),
+    ("model.encoder.embedding_size", "encoder.embedding.weight", 1),
+    ("model.encoder.hidden_size", "encoder.rnn.weight_hh_l0", 1),
+    ("vocab.trg size", "decoder.embedding.weight", 0),
+    ("model.decoder.embedding_size", "decoder.embedding.weight", 1),
+    ("model.decoder.hidden_size", "decoder.rnn.weight_hh", 1),
+)
+
+
+def _check_sizes(
+    config: Config, src_vocab: int, trg_vocab: int, weights: dict[str, Any], path: str | Path
+) -> None:
+    """Refuse a config and vocabularies that would build another model than the weights,
+    before the model is built: a small file whose config says hidden_size 8000 would
+    otherwise allocate gigabytes, only to fail when its weights are loaded."""
+    vocab_sizes = {"vocab.src size": src_vocab, "vocab.trg size": trg_vocab}
+    for key, name, dimension in _SIZES:
+        size = vocab_sizes[key] if key in vocab_sizes else attrgetter(key)(config)
+        stored = weights.get(name)
+        if not isinstance(stored, torch.Tensor) or stored.dim() <= dimension:
+            raise UserError(f"{path}: damaged seq2seq checkpoint (no weights {name})")
+        if stored.shape[dimension] != size:
+            raise UserError(
+                f"{path}: refused: its {key} is {size} but its weights {name} have "
+                f"{stored.shape[dimension]} there (dimension {dimension}): config and "
+                "weights disagree"
+            )
+    # The sizes agree; every shape (a product of sizes, a gate's kernel...) is compared on
+    # the meta device, which allocates nothing.
+    with torch.device("meta"), _NoFills():
+        expected = Seq2Seq(config.model, src_vocab, trg_vocab).state_dict()
+    for name in sorted(expected.keys() | weights.keys()):
+        shapes = [_shape(tensors.get(name)) for tensors in (weights, expected)]
+        if shapes[0] != shapes[1]:
+            raise UserError(
+                f"{path}: refused: its weights {name} are {shapes[0]} where its config "
+                f"makes them {shapes[1]}"
+            )
+
+
+class _NoFills(TorchFunctionMode):
+    """Skips torch.nn.init's fills: a meta tensor holds no values, and torch's meta
+    normal_ first imports its compiler (seconds at every start)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return kwargs["tensor"] if "tensor" in kwargs else args[0]
+        return func(*args, **kwargs)
+
+
+def _shape(tensor: object) -> str:
+    return f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else "absent"
 
 
 def saved_config(payload: dict[str, Any], source: str) -> Config:

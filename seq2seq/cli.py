@@ -6,7 +6,6 @@ other exception is a bug: a short message and exit 1, the traceback only with --
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from seq2seq.errors import UserError
+from seq2seq.errors import UserError, to_stderr, warn
 
 app = typer.Typer(
     help="Train, run and score attention-based GRU neural machine translation models.",
@@ -120,6 +119,7 @@ def average(
     output: Annotated[Path, typer.Option("--output", "-o", help="Averaged checkpoint to write.")],
 ) -> None:
     """Average the weights of several checkpoints into one self-contained checkpoint."""
+    from seq2seq import textio
     from seq2seq.checkpoint import average_checkpoints, save_checkpoint
     from seq2seq.run_folder import RunFolder
 
@@ -134,8 +134,11 @@ def average(
             paths.extend(found)
         else:
             paths.append(source)
+    textio.check_output(output, paths)
+    if len(paths) == 1:
+        warn(f"{paths[0]} is the only checkpoint: the average is a copy of its weights")
     save_checkpoint(average_checkpoints(paths), output)
-    typer.echo(f"averaged {len(paths)} checkpoints into {output}", err=True)
+    to_stderr(f"averaged {len(paths)} checkpoints into {output}\n")
 
 
 ModelOption = Annotated[
@@ -239,6 +242,7 @@ def translate(
     (N lines with --nbest N). Reads and writes in batches as lines arrive."""
     from seq2seq import textio
 
+    textio.check_output(output, [input, *model])
     translator, decode = _translator(
         model, device, beam, alpha, replace_unk, batch_size, precision, nbest
     )
@@ -254,7 +258,7 @@ def translate(
             for candidates in translator.translate_nbest(chunk, decode):
                 if candidates[0].truncated:
                     limit = decode.max_source_length
-                    _warn(f"{name}:{index + 1}: longer than {limit} tokens, truncated")
+                    warn(f"{name}:{index + 1}: longer than {limit} tokens, truncated")
                 sink.write(textio.format_candidates(index, candidates, nbest, scores, as_json))
                 if plot_attention and candidates[0].source_tokens:
                     from seq2seq.plots import plot_attention as draw
@@ -262,10 +266,6 @@ def translate(
                     draw(candidates[0], plot_attention / f"{index + 1:06d}.png")
                 index += 1
             sink.flush()
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 @app.command()
@@ -302,23 +302,21 @@ def evaluate(
 ) -> None:
     """Score translations against --ref: sacreBLEU BLEU and chrF (with signatures), tokenized
     BLEU, and perplexity. Translates --src with --model, or scores the lines of --hyp."""
-    from seq2seq.corpus import read_parallel
+    from seq2seq import textio
 
     if hyp is None and (not model or src is None):
         raise UserError("evaluate needs --model and --src (to translate), or --hyp (to score)")
+    textio.check_output(output, [ref, src, hyp, *(model or [])])
     translator = decode = None
     if model:
         translator, decode = _translator(
             model, device, beam, alpha, replace_unk, batch_size, precision
         )
-    lines, references = read_parallel(hyp or src, ref)
-    if not references:
-        raise UserError(f"{ref}: no lines, nothing to score")
+    lines, references = _read_pairs(hyp or src, ref)
     if hyp is not None:
         scores = _score_file(lines, references, translator, lang)
         record, report = {"sentences": len(references), **scores.as_dict()}, scores.report()
     else:
-        from seq2seq import textio
         from seq2seq.evaluation import evaluate as run_evaluation
 
         result = run_evaluation(translator, lines, references, decode)
@@ -328,7 +326,21 @@ def evaluate(
         if output:
             with textio.output(output) as sink:
                 sink.writelines(t.text + "\n" for t in result.translations)
-    typer.echo(json.dumps(record) if as_json else report)
+    typer.echo(textio.strict_json(record) if as_json else report)
+
+
+def _read_pairs(lines_path: Path, ref: Path) -> tuple[list[str], list[str]]:
+    """The lines to score and their references; an empty reference, which scores any
+    translation of its line as wrong, is warned about."""
+    from seq2seq.corpus import read_parallel
+
+    lines, references = read_parallel(lines_path, ref)
+    if not references:
+        raise UserError(f"{ref}: no lines, nothing to score")
+    empty = [number for number, line in enumerate(references, 1) if not line.strip()]
+    if empty:
+        warn(f"{ref}: {len(empty)} empty reference lines (the first: line {empty[0]})")
+    return lines, references
 
 
 @app.command()
@@ -377,15 +389,13 @@ def main() -> None:
     except UserError as error:
         if _debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        to_stderr(f"error: {error}\n")
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        to_stderr("interrupted\n")
         sys.exit(130)
     except Exception as error:  # a bug: short message, traceback with --debug
         if _debug:
             raise
-        print(
-            f"internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr
-        )
+        to_stderr(f"internal error: {type(error).__name__}: {error} (rerun with --debug)\n")
         sys.exit(1)

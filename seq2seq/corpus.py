@@ -1,14 +1,16 @@
 """Reading raw text: plain or gzipped UTF-8 files, one sentence per line.
 
 Lines are split on '\\n' only (as `wc -l` counts them), so a U+2028 or U+0085 inside
-a sentence never shifts the alignment between a source file and its target file.
+a sentence never shifts the alignment between a source file and its target file. A
+UTF-8 byte order mark at the start of a file is not text and is dropped.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from seq2seq.errors import UserError
@@ -23,10 +25,20 @@ def iter_lines(path: str | Path) -> Iterator[str]:
     number = 0
     try:
         with opener(path, "rb") as handle:
-            for number, raw in enumerate(handle, 1):
+            for number, raw in enumerate(without_bom(handle), 1):
                 yield decode_line(raw, f"{path}:{number}")
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise UserError(f"{path}: damaged gzip file after line {number}: {error}") from None
+
+
+def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines with a UTF-8 byte order mark (which some Windows editors write) removed
+    from the first: it would become part of the first sentence's first word."""
+    lines = iter(lines)
+    first = next(lines, None)
+    if first is not None:
+        yield first.removeprefix(codecs.BOM_UTF8)
+        yield from lines
 
 
 def decode_line(raw: bytes, where: str) -> str:

@@ -1,8 +1,10 @@
-"""The one exception type for user mistakes.
+"""The one exception type for user mistakes, and the one way messages reach stderr.
 
 A `UserError` is reported by the CLI as a single line on stderr with exit status 2;
 anything else is a bug (exit 1, traceback only with --debug).
 """
+
+import sys
 
 
 class UserError(Exception):
@@ -16,3 +18,19 @@ def is_out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError)
         and ("out of memory" in message or "can't allocate memory" in message)
     )
+
+
+def to_stderr(text: str) -> None:
+    """Messages never stop the work: a closed or broken stderr drops them. (With file
+    descriptor 2 closed, sys.stderr is None and print(file=sys.stderr) writes to stdout.)"""
+    if sys.stderr is None:
+        return
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):  # ValueError: the stream object itself was closed
+        pass
+
+
+def warn(message: str) -> None:
+    to_stderr(f"warning: {message}\n")

@@ -1,19 +1,24 @@
 """The command line's text streams: input lines as they arrive, chunks of them, output
-formats, and writing that stops quietly when the reader goes away."""
+formats, outputs that never overwrite an input and replace a file only once complete,
+writing that stops quietly when the reader goes away, and warnings that a closed stderr
+cannot stop."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import secrets
+import shutil
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from seq2seq.corpus import decode_line, iter_lines
-from seq2seq.errors import UserError
+from seq2seq.corpus import decode_line, iter_lines, without_bom
+from seq2seq.errors import UserError, to_stderr
 from seq2seq.gates import GateValues
 from seq2seq.translator import Translation
 
@@ -24,15 +29,14 @@ def input_lines(path: Path | None) -> tuple[Iterator[str], str, bool]:
     if path is not None:
         return iter_lines(path), str(path), False
     interactive = sys.stdin.isatty()
-    numbered = enumerate(_stdin_lines(interactive), 1)
+    numbered = enumerate(without_bom(_stdin_lines(interactive)), 1)
     return (decode_line(raw, f"<stdin>:{n}") for n, raw in numbered), "<stdin>", interactive
 
 
 def _stdin_lines(interactive: bool) -> Iterator[bytes]:
     while True:
         if interactive:
-            sys.stderr.write("> ")
-            sys.stderr.flush()
+            to_stderr("> ")
         raw = sys.stdin.buffer.readline()
         if not raw:
             return
@@ -45,28 +49,77 @@ def chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def open_output(path: Path) -> TextIO:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links, `./x` and `x`...)."""
     try:
-        return open(path, "w", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
-    except OSError as error:
-        raise UserError(f"{path}: cannot write: {error.strerror or error}") from None
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_output(path: Path | None, inputs: Iterable[Path | None]) -> None:
+    """Refuse an output that is one of the inputs (`-i f.de -o f.de`, `-o` a checkpoint):
+    it would be emptied before it is read. Called before anything is opened."""
+    for source in inputs:
+        if path is not None and source is not None and same_file(path, source):
+            raise UserError(f"{path}: is the input {source}; write the output to another file")
 
 
 @contextmanager
 def output(path: Path | None) -> Iterator[TextIO]:
     """`path` or stdout. A reader that goes away (`| head -1`) ends the output quietly;
     a failing write (disk full) is a UserError naming the file."""
-    sink = open_output(path) if path else sys.stdout
+    opened = _replaced_when_done(path) if path else nullcontext(sys.stdout)
     try:
-        yield sink
+        with opened as sink:
+            yield sink
     except BrokenPipeError:
-        # Point stdout at /dev/null so that Python's flush at exit does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if path is None:  # so that Python's flush of stdout at exit does not raise again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as error:
-        raise UserError(f"{path or '<stdout>'}: cannot write: {error.strerror}") from None
-    finally:
-        if path:
-            sink.close()
+        raise UserError(f"{path or '<stdout>'}: cannot write: {error.strerror or error}") from None
+
+
+@contextmanager
+def _replaced_when_done(path: Path) -> Iterator[TextIO]:
+    """A regular file is written as a temporary file in its folder and renamed over it at
+    the end: an interrupted or failed command leaves the old file as it was, never half
+    of one. Anything else (/dev/null, a FIFO) is written directly."""
+    target = Path(os.path.realpath(path))  # through a symlink, which stays one
+    if target.exists() and not target.is_file():
+        with open(target, "w", encoding="utf-8") as sink:
+            yield sink
+        return
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # Created like open(path, "w") would (permissions from the umask), never over a file.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, "w", encoding="utf-8") as sink:
+            if target.exists():
+                shutil.copymode(target, temporary)
+            yield sink
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def strict_json(record: Any) -> str:
+    """Strict JSON on one line: NaN and infinities become null (json.dumps would write
+    NaN/Infinity, which JSON parsers such as jq reject)."""
+    return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def format_candidates(
@@ -76,7 +129,7 @@ def format_candidates(
     if as_json:
         record = [translation_record(c) for c in candidates]
         best = record[0] if nbest == 1 else {**record[0], "nbest": record}
-        return json.dumps({"index": index, **best}, ensure_ascii=False) + "\n"
+        return strict_json({"index": index, **best}) + "\n"
     if nbest > 1:
         return "".join(
             f"{index}\t{rank}\t{c.score:.4f}\t{c.text}\n" for rank, c in enumerate(candidates, 1)

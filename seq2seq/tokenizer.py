@@ -17,6 +17,7 @@ training did.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,14 @@ from seq2seq.config import Config, VocabConfig
 from seq2seq.vocab import EOS, PAD, SOS, SPECIALS, UNK
 
 BLANK_PREFIX = "blank:"
+# The spaCy names a checkpoint may give: blank:<language> or a pipeline package
+# <language>_<kind>_<genre>_<size> (de_core_news_sm). spacy.load imports an installed
+# package of the name it is given, so a checkpoint must never name any other module.
+SPACY_NAME = re.compile(r"blank:[a-z]{2,3}|[a-z]{2,3}_[a-z]+_[a-z]+_(sm|md|lg|trf)")
+
+
+def is_spacy_name(name: object) -> bool:
+    return isinstance(name, str) and SPACY_NAME.fullmatch(name) is not None
 
 
 class Tokenizer:

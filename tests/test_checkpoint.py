@@ -47,12 +47,16 @@ PICKLE = "refused: it holds pickled Python objects"  # torch.load(weights_only=T
 DAMAGED = "damaged seq2seq checkpoint"  # a zip archive that torch.load cannot read
 NOT_OURS = "not a seq2seq checkpoint"  # read, but not a dict of our format
 VERSION = "checkpoint format"
+INFLATES = "refused: its entries would inflate"  # the archive's sizes, before torch.load
+TOKENIZER = "is not a spaCy language or pipeline name"  # read, but naming another module
+NOT_FINITE = "hold NaN or infinite values"  # read, but weights that are not numbers
 
 
 def branch(path: Path) -> str:
     message = refused(path)
     for name, text in (("not a zip", NOT_A_ZIP), ("pickle", PICKLE), ("damaged", DAMAGED),
-                       ("version", VERSION)):  # fmt: skip
+                       ("version", VERSION), ("inflates", INFLATES), ("tokenizer", TOKENIZER),
+                       ("not finite", NOT_FINITE)):  # fmt: skip
         if text in message:
             return name
     assert message.endswith(NOT_OURS), message
