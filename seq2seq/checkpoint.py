@@ -17,6 +17,7 @@ training {optimizer, scheduler, scaler, progress, rng}; an average adds averaged
 
 from __future__ import annotations
 
+import os
 import pickle
 import warnings
 import zipfile

@@ -1,17 +1,20 @@
 """Writes that are atomic and name the file when they fail.
 
-Every file seq2seq writes whole (checkpoints, config.yaml, curves.png) goes through
-`write_atomic`: a temp file in the same folder, unique to this writer, renamed over the
-target at the end. A reader, or a second process, sees the old file or the new one, never
-half of one, and two writers never share a temp file. A failed write (disk full, read-only
-folder, a directory in the way) is a `WriteFailed` naming the file: a UserError, exit 2.
+Every file seq2seq writes whole (checkpoints, config.yaml, curves.png, translations,
+averages) goes through `replaced_when_done`: a temp file in the same folder, unique to
+this writer, renamed over the target at the end. A reader, or a second process, sees the
+old file or the new one, never half of one, and two writers never share a temp file. A
+failed write (disk full, read-only folder, a directory in the way) is a `WriteFailed`
+naming the file: a UserError, exit 2.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,24 +32,40 @@ class WriteFailed(UserError):
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], durable: bool = False):
     """`write(handle)` into a fresh temp file, then rename it to `path`. `durable` also
     flushes file and rename to the disk (checkpoints: they must survive a power cut)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    with replaced_when_done(Path(path), durable) as handle:
+        write(handle)
+
+
+@contextmanager
+def replaced_when_done(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
+    """A binary handle on a temp file that replaces `path` when the block ends, and is
+    removed if it raises: an interrupted or failed write leaves the old file as it was.
+    A symlink stays one (its target is replaced); a target that is not a regular file
+    (/dev/null, a FIFO) is written directly."""
+    target = Path(os.path.realpath(path))
+    temporary = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
+        if target.exists() and not target.is_file() and not target.is_dir():
+            with open(target, "wb") as handle:
+                yield handle
+            return
         with open(temporary, "xb") as handle:
-            write(handle)
+            if target.is_file():
+                shutil.copymode(target, temporary)  # keep the old file's permissions
+            yield handle
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        os.replace(temporary, target)
         if durable:
-            fsync_folder(path.parent)
+            fsync_folder(target.parent)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
         # torch.save reports a failed write as a RuntimeError whose context is the OSError.
         cause = error if isinstance(error, OSError) else error.__context__
         if not isinstance(cause, OSError):
             raise
-        kept = " (the previous one is intact)" if path.is_file() else ""
+        kept = " (the previous one is intact)" if target.is_file() else ""
         raise WriteFailed(path, f"{cause.strerror or cause}{kept}") from None
 
 

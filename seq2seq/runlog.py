@@ -9,7 +9,6 @@ Non-finite numbers (a diverged loss) are written as null: the file stays valid J
 from __future__ import annotations
 
 import json
-import math
 import platform
 import subprocess
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from seq2seq.files import append_line, write_atomic
 from seq2seq.run_folder import RunFolder
+from seq2seq.textio import strict_json
 
 
 class MetricsLog:
@@ -31,7 +31,7 @@ class MetricsLog:
             pass
 
     def append(self, record: dict[str, Any]) -> None:
-        append_line(self.path, to_json(record))
+        append_line(self.path, strict_json(record))
         if self._writer is not None and "step" in record:
             for key, value in record.items():
                 if isinstance(value, float) and key not in ("step", "epoch"):
@@ -41,16 +41,8 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drop records written after `step` (work lost by a kill, about to be redone)."""
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        text = "".join(to_json(r) + "\n" for r in kept)
+        text = "".join(strict_json(r) + "\n" for r in kept)
         write_atomic(self.path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def to_json(record: dict[str, Any]) -> str:
-    """JSON without NaN or Infinity, which JSON does not have: they become null."""
-    return json.dumps(
-        {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()},
-        allow_nan=False,
-    )
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -5,12 +5,11 @@ cannot stop."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
 import os
-import secrets
-import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -19,6 +18,7 @@ from typing import Any, TextIO
 
 from seq2seq.corpus import decode_line, iter_lines, without_bom
 from seq2seq.errors import UserError, to_stderr
+from seq2seq.files import replaced_when_done
 from seq2seq.gates import GateValues
 from seq2seq.translator import Translation
 
@@ -82,28 +82,13 @@ def output(path: Path | None) -> Iterator[TextIO]:
 
 @contextmanager
 def _replaced_when_done(path: Path) -> Iterator[TextIO]:
-    """A regular file is written as a temporary file in its folder and renamed over it at
-    the end: an interrupted or failed command leaves the old file as it was, never half
-    of one. Anything else (/dev/null, a FIFO) is written directly."""
-    target = Path(os.path.realpath(path))  # through a symlink, which stays one
-    if target.exists() and not target.is_file():
-        with open(target, "w", encoding="utf-8") as sink:
+    """Text written to a temp file that replaces `path` at the end (files.py)."""
+    with replaced_when_done(path, durable=True) as raw:
+        sink = io.TextIOWrapper(raw, encoding="utf-8")
+        try:
             yield sink
-        return
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # Created like open(path, "w") would (permissions from the umask), never over a file.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with open(descriptor, "w", encoding="utf-8") as sink:
-            if target.exists():
-                shutil.copymode(target, temporary)
-            yield sink
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        finally:
+            sink.detach()  # flushes; the raw handle stays open for replaced_when_done
 
 
 def strict_json(record: Any) -> str:
