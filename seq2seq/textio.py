@@ -67,8 +67,9 @@ def check_output(path: Path | None, inputs: Iterable[Path | None]) -> None:
 
 @contextmanager
 def output(path: Path | None) -> Iterator[TextIO]:
-    """`path` or stdout. A reader that goes away (`| head -1`) ends the output quietly;
-    a failing write (disk full) is a UserError naming the file."""
+    """`path` (a file is replaced only once complete) or stdout. A reader that goes away
+    (`| head -1`) ends the output quietly; a failing write (disk full) is a UserError
+    naming the file."""
     opened = _replaced_when_done(path) if path else nullcontext(sys.stdout)
     try:
         with opened as sink:
