@@ -9,7 +9,7 @@
   state and the position inside the epoch (each epoch's batch order is a function of
   seed and epoch), so an interrupted run resumes into the same result bit for bit (CPU).
 - Ctrl-C / SIGTERM finish the current step, save last.pt and raise `Interrupted`.
-- metrics.jsonl and curves.png in the run folder.
+- metrics.jsonl, curves.png and train.log (the messages shown) in the run folder.
 - Under torchrun, DistributedDataParallel: each rank trains an equal share of every step's
   batches; rank 0 alone validates and writes (distributed.py).
 """
@@ -30,7 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from seq2seq import distributed
+from seq2seq import console, distributed
 from seq2seq.checkpoint import (
     Bundle,
     load_checkpoint,
@@ -42,7 +42,7 @@ from seq2seq.checkpoint import (
     saved_weights,
 )
 from seq2seq.config import Config, load_config, save_config
-from seq2seq.corpus import read_parallel, split_path
+from seq2seq.corpus import read_split
 from seq2seq.data import collate, make_batches
 from seq2seq.download import download_multi30k
 from seq2seq.errors import UserError, is_out_of_memory
@@ -107,7 +107,7 @@ def set_threads(threads: int | None, context: distributed.Context, device: torch
 
 
 def progress_bar(total: int, progress: Progress, enabled: bool) -> tqdm:
-    """An epoch's bar on stderr; in a log (not a terminal) a line every 30 seconds."""
+    """An epoch's bar on stderr, when stderr is a terminal (console.progress_enabled)."""
     return tqdm(
         total=total,
         initial=progress.batches_done,
@@ -115,20 +115,9 @@ def progress_bar(total: int, progress: Progress, enabled: bool) -> tqdm:
         unit="batch",
         file=sys.stderr,
         dynamic_ncols=True,
-        mininterval=0.1 if sys.stderr.isatty() else 30.0,
-        disable=not enabled,
+        mininterval=0.1,
+        disable=not (enabled and console.progress_enabled()),
     )
-
-
-def read_split(config: Config, split: str) -> tuple[list[str], list[str]]:
-    data = config.data
-    return read_parallel(
-        split_path(data.dir, split, data.src_lang), split_path(data.dir, split, data.trg_lang)
-    )
-
-
-def log(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
 
 
 def resolve_run(
@@ -160,8 +149,8 @@ def read_training_text(
         distributed.barrier(context)
     if not Path(data.dir).is_dir():
         raise UserError(f"data.dir: folder '{data.dir}' does not exist")
-    train_src, train_trg = read_split(config, data.train)
-    valid_src, valid_trg = read_split(config, data.valid)
+    train_src, train_trg = read_split(data, data.train)
+    valid_src, valid_trg = read_split(data, data.valid)
     src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers)
     if not corpus.src:
         raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
@@ -190,7 +179,10 @@ def check_resumable(payload: dict[str, Any], config: Config, bundle: Bundle, las
 
 def train(config: Config, overwrite: bool = False, resume: bool = False) -> Path:
     """Train (or resume) the run that the config describes; returns the run folder."""
-    return Trainer(config, overwrite, resume).run()
+    try:
+        return Trainer(config, overwrite, resume).run()
+    finally:
+        console.stop_transcript()
 
 
 class Trainer:
@@ -239,7 +231,7 @@ class Trainer:
 
     def _log(self, message: str) -> None:
         if self.context.is_main:
-            log(message)
+            console.info(message)
 
     def _record(self, kind: str, **values: Any) -> None:
         """A line of metrics.jsonl (rank 0): its kind, where the run is, the values."""
@@ -248,6 +240,7 @@ class Trainer:
             where = {"step": progress.step, "epoch": progress.epoch, "elapsed": progress.elapsed}
             lr = self.optimization.learning_rate
             self.metrics.append({"kind": kind, **where, "lr": lr, **values})
+            console.detail(console.record_line(kind, {**where, "lr": lr, **values}))
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -263,6 +256,7 @@ class Trainer:
         distributed.barrier(self.context)
         if self.context.is_main:
             self.folder.prepare(resuming)
+            console.start_transcript(self.folder.path / "train.log", append=resuming)
         distributed.barrier(self.context)
         return payload
 
