@@ -403,7 +403,7 @@ def _evaluation_text(
     if (ref is None) == (tsv is None):
         raise UserError("evaluate needs the references: --ref FILE, or --tsv FILE")
     if translating and (src is None) != (ref is None):
-        raise UserError("evaluate needs the sources to translate: --src with --ref, or --tsv")
+        raise UserError("evaluate translates --src (with --ref) or the sources of --tsv, or --hyp")
     if tsv is None:
         lines, references = read_parallel(hyp or src, ref)
     else:
