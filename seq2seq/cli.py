@@ -220,6 +220,24 @@ PrecisionOption = Annotated[
 ]
 
 
+JsonLinesOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="One JSON object per input line: line number, translation, score, tokens, "
+        "source tokens, alignment (per output token, the index from 0 of the source token "
+        "it attends to most).",
+    ),
+]
+PlotOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot-attention",
+        help="Write an attention heatmap per sentence into this folder (000001.png...).",
+    ),
+]
+
+
 def _translator(
     models: list[Path],
     device: str,
@@ -253,39 +271,20 @@ def _translator(
 def translate(
     model: ModelOption,
     input: Annotated[
-        Path | None,
-        typer.Option("--input", "-i", help="Text file to translate (default or -: stdin)."),
+        Path | None, typer.Option("-i", "--input", help="Text to translate (default, -: stdin).")
     ] = None,
     output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Where to write (default or -: stdout)."),
+        Path | None, typer.Option("-o", "--output", help="Where to write (default, -: stdout).")
     ] = None,
     beam: BeamOption = None,
     alpha: AlphaOption = None,
     nbest: Annotated[
-        int,
-        typer.Option(
-            min=1, help="Write the N best: line<TAB>rank<TAB>score<TAB>text, both from 1."
-        ),
+        int, typer.Option(min=1, help="Write the N best: line<TAB>rank<TAB>score<TAB>text.")
     ] = 1,
     scores: Annotated[bool, typer.Option("--scores", help="Write score<TAB>text.")] = False,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="One JSON object per input line: line number, translation, score, tokens, "
-            "source tokens, alignment (per output token, the index from 0 of the source "
-            "token it attends to most).",
-        ),
-    ] = False,
+    as_json: JsonLinesOption = False,
     replace_unk: ReplaceUnkOption = None,
-    plot_attention: Annotated[
-        Path | None,
-        typer.Option(
-            "--plot-attention",
-            help="Write an attention heatmap per sentence into this folder (000001.png...).",
-        ),
-    ] = None,
+    plot_attention: PlotOption = None,
     batch_size: BatchOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = None,
@@ -321,13 +320,8 @@ def translate(
 
 @app.command()
 def evaluate(
-    ref: Annotated[
-        Path | None, typer.Option("--ref", help="Reference translations, one per line.")
-    ] = None,
-    tsv: Annotated[
-        Path | None,
-        typer.Option("--tsv", help="Source<TAB>reference lines, instead of --src and --ref."),
-    ] = None,
+    ref: Annotated[Path | None, typer.Option(help="Reference translations, one per line.")] = None,
+    tsv: Annotated[Path | None, typer.Option(help="Source<TAB>reference lines.")] = None,
     model: Annotated[
         list[Path] | None,
         typer.Option(
@@ -337,13 +331,8 @@ def evaluate(
             help="Checkpoint (.pt) to translate the sources with; repeat it for an ensemble.",
         ),
     ] = None,
-    src: Annotated[
-        Path | None, typer.Option("--src", help="Source sentences, line-aligned with --ref.")
-    ] = None,
-    hyp: Annotated[
-        Path | None,
-        typer.Option("--hyp", help="Score these translations instead of translating."),
-    ] = None,
+    src: Annotated[Path | None, typer.Option(help="Source sentences, aligned with --ref.")] = None,
+    hyp: Annotated[Path | None, typer.Option(help="Translations to score, not to make.")] = None,
     lang: Annotated[
         str, typer.Option(help="Target language for tokenized BLEU of --hyp without --model.")
     ] = "en",
