@@ -42,7 +42,7 @@ from tutorial_baseline import (
 
 from seq2seq.checkpoint import load_checkpoint, saved_config
 from seq2seq.config import Config, load_config
-from seq2seq.corpus import read_lines, split_path
+from seq2seq.corpus import read_split
 from seq2seq.data import collate, make_batches
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import Optimization
@@ -67,8 +67,7 @@ def median_time(run, repeats: int) -> float:
 
 def training_batches(config: Config, data: Path, count: int):
     """The first `count` batches of epoch 1, encoded as training encodes them."""
-    src_lines = read_lines(split_path(data, config.data.train, config.data.src_lang))
-    trg_lines = read_lines(split_path(data, config.data.train, config.data.trg_lang))
+    src_lines, trg_lines = read_split(config.data, config.data.train, data)
     src, trg, corpus = training_sides(config, src_lines, trg_lines)
     generator = torch.Generator().manual_seed(config.seed)
     order = make_batches(
@@ -182,7 +181,7 @@ def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats:
     translator = Translator.from_checkpoint(checkpoint, "cpu")
     decoder = TutorialDecoder(translator.models[0])
     settings = saved_config(load_checkpoint(checkpoint), str(checkpoint)).data
-    lines = read_lines(split_path(data, settings.test, settings.src_lang))[:sentences]
+    lines = read_split(settings, settings.test, data)[0][:sentences]
 
     def ours(beam: int, batch: int, precision: str = "fp32"):
         decode = translator.decode.updated(beam_size=beam, batch_size=batch, precision=precision)

@@ -25,7 +25,7 @@ import torch
 
 from seq2seq.checkpoint import Bundle, load_bundle
 from seq2seq.config import DecodeConfig
-from seq2seq.corpus import read_parallel, split_path
+from seq2seq.corpus import read_split
 from seq2seq.metrics import score_corpus
 from seq2seq.translator import Translator, check_same_text
 
@@ -76,9 +76,7 @@ def main() -> None:
     bundles = {run: load_bundle(member_path(run), args.device) for run in runs}
     data = bundles[runs[0]].config.data
     splits = {
-        name: read_parallel(
-            split_path(args.data, split, data.src_lang), split_path(args.data, split, data.trg_lang)
-        )
+        name: read_split(data, split, args.data)
         for name, split in (("valid", data.valid), ("test", data.test))
     }
     beam: DecodeConfig = bundles[runs[0]].config.decode.updated(beam_size=5, nbest=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from seq2seq.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint, saved_config
-from seq2seq.corpus import read_parallel, split_path
+from seq2seq.corpus import read_split
 from seq2seq.evaluation import evaluate
 from seq2seq.run_folder import RunFolder
 from seq2seq.runlog import read_metrics
@@ -44,10 +44,7 @@ def rows(run_dir: Path, data: Path, beams: list[int], alpha: float, device: str)
         models[f"average of {len(kept)}"] = averaged
     best = folder.best
     settings = saved_config(load_checkpoint(best), str(best)).data
-    sources, references = read_parallel(
-        split_path(data, settings.test, settings.src_lang),
-        split_path(data, settings.test, settings.trg_lang),
-    )
+    sources, references = read_split(settings, settings.test, data)
     lines, signatures = [], set()
     for name, path in models.items():
         translator = Translator.from_checkpoint(path, device)

@@ -1,7 +1,9 @@
 """The command line: parses arguments, loads a config or checkpoint, calls the library.
 
-A user mistake (UserError) prints one line on stderr and exits with status 2; any
-other exception is a bug: a short message and exit 1, the traceback only with --debug.
+A user mistake (UserError, or a usage error that Click finds: an unknown option, a value
+outside its choices) prints one line on stderr and exits with status 2; any other
+exception is a bug: a short message and exit 1, the traceback only with --debug.
+Messages go through `console` (--quiet, --verbose); results go to stdout or a file.
 """
 
 from __future__ import annotations
@@ -9,27 +11,78 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from seq2seq.errors import UserError, to_stderr, warn
+from seq2seq import console
+from seq2seq.config import DecodePrecision, Device
+from seq2seq.errors import UserError, to_stderr
 
 app = typer.Typer(
     help="Train, run and score attention-based GRU neural machine translation models.",
-    no_args_is_help=True,
+    # Plain Click help, wrapped between words, and no boxed error panels: main() prints
+    # every error as one line.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 _debug = False
 
 
-@app.callback()
+def _print_versions(asked: bool) -> None:
+    if asked:
+        typer.echo(versions())
+        raise typer.Exit()
+
+
+def versions() -> str:
+    """`seq2seq 0.1.0 (torch 2.13.0, spaCy 3.8.18, sacreBLEU 2.6.0, Python 3.11.2)`,
+    read from the installed packages' metadata (no slow imports)."""
+    import platform
+    from importlib.metadata import version
+
+    import seq2seq
+
+    names = {"torch": "torch", "spaCy": "spacy", "sacreBLEU": "sacrebleu"}
+    found = ", ".join(f"{name} {version(package)}" for name, package in names.items())
+    return f"seq2seq {seq2seq.__version__} ({found}, Python {platform.python_version()})"
+
+
+@app.callback(invoke_without_command=True)
 def _options(
+    context: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also details on stderr: the models and decoding settings used, every "
+            "metrics record while training.",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_versions,
+            is_eager=True,
+            help="Print the versions of seq2seq, torch, spaCy, sacreBLEU and Python.",
+        ),
+    ] = False,
 ) -> None:
     global _debug
     _debug = debug
+    if quiet and verbose:
+        raise UserError("--quiet and --verbose contradict each other; pick one")
+    console.set_verbosity(
+        console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL
+    )
+    if context.invoked_subcommand is None:
+        raise UserError("no command given; seq2seq --help lists them")
 
 
 @app.command()
@@ -72,12 +125,12 @@ def train(
             print(f"error: {stop}", file=sys.stderr)
         sys.exit(3)
     if main_rank:
-        typer.echo(f"done: {folder / 'best.pt'}", err=True)
+        console.info(f"done: {folder / 'best.pt'}")
 
 
 @app.command()
 def download(
-    dataset: Annotated[str, typer.Argument(help="The dataset: multi30k.")],
+    dataset: Annotated[Literal["multi30k"], typer.Argument(help="The dataset.")],
     dest: Annotated[Path, typer.Option("--dest", help="Folder to put the files in.")],
     lang: Annotated[
         list[str] | None, typer.Option("--lang", help="Languages to fetch (default: all four).")
@@ -87,10 +140,8 @@ def download(
     """Fetch Multi30k task 1 (train, val, test_2016_flickr; de, en, fr, cs), SHA-256 checked."""
     from seq2seq.download import MULTI30K_LANGUAGES, download_multi30k
 
-    if dataset != "multi30k":
-        raise UserError(f"unknown dataset {dataset!r}; known: multi30k")
     paths = download_multi30k(dest, tuple(lang or MULTI30K_LANGUAGES), url)
-    typer.echo(f"{len(paths)} verified files in {dest}", err=True)
+    console.info(f"{len(paths)} verified files in {dest}")
 
 
 @app.command()
@@ -116,13 +167,18 @@ def average(
         list[Path],
         typer.Argument(help="A run folder (its kept ckpt-step*.pt files) or checkpoint files."),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Averaged checkpoint to write.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Averaged checkpoint to write (a file).")
+    ],
 ) -> None:
     """Average the weights of several checkpoints into one self-contained checkpoint."""
     from seq2seq import textio
     from seq2seq.checkpoint import average_checkpoints, save_checkpoint
     from seq2seq.run_folder import RunFolder
+    from seq2seq.textio import is_standard
 
+    if is_standard(output):
+        raise UserError("--output -: a checkpoint is binary and goes to a file, not stdout")
     paths: list[Path] = []
     for source in sources:
         if source.is_dir():
@@ -136,15 +192,18 @@ def average(
             paths.append(source)
     textio.check_output(output, paths)
     if len(paths) == 1:
-        warn(f"{paths[0]} is the only checkpoint: the average is a copy of its weights")
+        console.warn(f"{paths[0]} is the only checkpoint: the average is a copy of its weights")
     save_checkpoint(average_checkpoints(paths), output)
-    to_stderr(f"averaged {len(paths)} checkpoints into {output}\n")
+    console.info(f"averaged {len(paths)} checkpoints into {output}")
 
 
 ModelOption = Annotated[
     list[Path],
     typer.Option(
-        "--model", "-m", help="Checkpoint (.pt) to use; repeat it to decode with an ensemble."
+        "--model",
+        "-m",
+        metavar="CHECKPOINT",
+        help="Checkpoint (.pt) to use; repeat it to decode with an ensemble.",
     ),
 ]
 BeamOption = Annotated[
@@ -167,12 +226,30 @@ BatchOption = Annotated[
     int | None,
     typer.Option("--batch-size", min=1, help="Sentences per batch (default: decode.batch_size)."),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+DeviceOption = Annotated[Device, typer.Option("--device", help="Where to run the model.")]
 PrecisionOption = Annotated[
-    str | None,
+    DecodePrecision | None,
     typer.Option(
         "--precision",
-        help="fp32, or bf16 (faster on AMX CPUs and GPUs; default: decode.precision).",
+        help="bf16 is faster on AMX CPUs and GPUs (default: decode.precision).",
+    ),
+]
+
+
+JsonLinesOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="One JSON object per input line: line number, translation, score, tokens, "
+        "source tokens, alignment (per output token, the index from 0 of the source token "
+        "it attends to most).",
+    ),
+]
+PlotOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot-attention",
+        help="Write an attention heatmap per sentence into this folder (000001.png...).",
     ),
 ]
 
@@ -191,8 +268,6 @@ def _translator(
     options applied and validated)."""
     from seq2seq.translator import Translator
 
-    if precision not in (None, "fp32", "bf16"):
-        raise UserError(f"--precision must be fp32 or bf16, not {precision!r}")
     translator = Translator.from_checkpoint(models, device)
     decode = translator.decode.updated(
         beam_size=beam,
@@ -202,6 +277,9 @@ def _translator(
         precision=precision,
         nbest=nbest,
     )
+    sizes = f"vocabularies {len(translator.src.vocab)} / {len(translator.trg.vocab)}"
+    console.detail(f"models: {', '.join(map(str, models))}; {sizes}; {translator.device}")
+    console.detail(f"decoding: {decode.model_dump()}")
     return translator, decode
 
 
@@ -209,31 +287,20 @@ def _translator(
 def translate(
     model: ModelOption,
     input: Annotated[
-        Path | None, typer.Option("--input", "-i", help="Text file to translate (default: stdin).")
+        Path | None, typer.Option("-i", "--input", help="Text to translate (default, -: stdin).")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Where to write (default: stdout).")
+        Path | None, typer.Option("-o", "--output", help="Where to write (default, -: stdout).")
     ] = None,
     beam: BeamOption = None,
     alpha: AlphaOption = None,
     nbest: Annotated[
-        int,
-        typer.Option(min=1, help="Write the N best: index<TAB>rank<TAB>score<TAB>text lines."),
+        int, typer.Option(min=1, help="Write the N best: line<TAB>rank<TAB>score<TAB>text.")
     ] = 1,
     scores: Annotated[bool, typer.Option("--scores", help="Write score<TAB>text.")] = False,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="One JSON object per line: translation, score, tokens, source tokens, "
-            "alignment (per output token, the source token index it attends to most).",
-        ),
-    ] = False,
+    as_json: JsonLinesOption = False,
     replace_unk: ReplaceUnkOption = None,
-    plot_attention: Annotated[
-        Path | None,
-        typer.Option("--plot-attention", help="Write one attention heatmap PNG per sentence here."),
-    ] = None,
+    plot_attention: PlotOption = None,
     batch_size: BatchOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = None,
@@ -252,40 +319,37 @@ def translate(
             plot_attention.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"{plot_attention}: cannot create: {error.strerror or error}") from None
-    index = 0
+    number = 0  # of the input line, from 1 as editors and messages count
     with textio.output(output) as sink:
         for chunk in textio.chunks(lines, 1 if interactive else decode.batch_size):
             for candidates in translator.translate_nbest(chunk, decode):
+                number += 1
                 if candidates[0].truncated:
                     limit = decode.max_source_length
-                    warn(f"{name}:{index + 1}: longer than {limit} tokens, truncated")
-                sink.write(textio.format_candidates(index, candidates, nbest, scores, as_json))
+                    console.warn(f"{name}:{number}: longer than {limit} tokens, truncated")
+                sink.write(textio.format_candidates(number, candidates, nbest, scores, as_json))
                 if plot_attention and candidates[0].source_tokens:
                     from seq2seq.plots import plot_attention as draw
 
-                    draw(candidates[0], plot_attention / f"{index + 1:06d}.png")
-                index += 1
+                    draw(candidates[0], plot_attention / f"{number:06d}.png")
             sink.flush()
 
 
 @app.command()
 def evaluate(
-    ref: Annotated[Path, typer.Option("--ref", help="Reference translations, one per line.")],
+    ref: Annotated[Path | None, typer.Option(help="Reference translations, one per line.")] = None,
+    tsv: Annotated[Path | None, typer.Option(help="Source<TAB>reference lines.")] = None,
     model: Annotated[
         list[Path] | None,
         typer.Option(
             "--model",
             "-m",
-            help="Checkpoint (.pt) to translate --src with; repeat it for an ensemble.",
+            metavar="CHECKPOINT",
+            help="Checkpoint (.pt) to translate the sources with; repeat it for an ensemble.",
         ),
     ] = None,
-    src: Annotated[
-        Path | None, typer.Option("--src", help="Source sentences, line-aligned with --ref.")
-    ] = None,
-    hyp: Annotated[
-        Path | None,
-        typer.Option("--hyp", help="Score these translations instead of translating --src."),
-    ] = None,
+    src: Annotated[Path | None, typer.Option(help="Source sentences, aligned with --ref.")] = None,
+    hyp: Annotated[Path | None, typer.Option(help="Translations to score, not to make.")] = None,
     lang: Annotated[
         str, typer.Option(help="Target language for tokenized BLEU of --hyp without --model.")
     ] = "en",
@@ -300,19 +364,22 @@ def evaluate(
     precision: PrecisionOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Score translations against --ref: sacreBLEU BLEU and chrF (with signatures), tokenized
-    BLEU, and perplexity. Translates --src with --model, or scores the lines of --hyp."""
+    """Score translations against references (--ref, or --tsv): sacreBLEU BLEU and chrF
+    (with signatures), tokenized BLEU, perplexity. Translates the sources (--src, or
+    --tsv) with --model, or scores the lines of --hyp. Any one file may be - (stdin)."""
     from seq2seq import textio
 
-    if hyp is None and (not model or src is None):
-        raise UserError("evaluate needs --model and --src (to translate), or --hyp (to score)")
-    textio.check_output(output, [ref, src, hyp, *(model or [])])
+    if output is not None and textio.is_standard(output):
+        raise UserError("--output -: stdout holds the scores; write the translations to a file")
+    textio.check_output(output, [ref, src, hyp, tsv, *(model or [])])
+    lines, references = _evaluation_text(src, ref, tsv, hyp, translating=hyp is None)
+    if hyp is None and not model:
+        raise UserError("evaluate needs --model to translate the sources, or --hyp to score")
     translator = decode = None
     if model:
         translator, decode = _translator(
             model, device, beam, alpha, replace_unk, batch_size, precision
         )
-    lines, references = _read_pairs(hyp or src, ref)
     if hyp is not None:
         scores = _score_file(lines, references, translator, lang)
         record, report = {"sentences": len(references), **scores.as_dict()}, scores.report()
@@ -326,20 +393,36 @@ def evaluate(
         if output:
             with textio.output(output) as sink:
                 sink.writelines(t.text + "\n" for t in result.translations)
-    typer.echo(textio.strict_json(record) if as_json else report)
+    typer.echo(textio.strict_json(textio.rounded(record)) if as_json else report)
 
 
-def _read_pairs(lines_path: Path, ref: Path) -> tuple[list[str], list[str]]:
-    """The lines to score and their references; an empty reference, which scores any
-    translation of its line as wrong, is warned about."""
-    from seq2seq.corpus import read_parallel
+def _evaluation_text(
+    src: Path | None, ref: Path | None, tsv: Path | None, hyp: Path | None, translating: bool
+) -> tuple[list[str], list[str]]:
+    """(the sources to translate or the translations to score, the references)."""
+    from seq2seq.corpus import check_aligned, read_lines, read_parallel, read_tsv
+    from seq2seq.textio import is_standard
 
-    lines, references = read_parallel(lines_path, ref)
+    given = {"--src": src, "--ref": ref, "--tsv": tsv, "--hyp": hyp}
+    from_stdin = [option for option, path in given.items() if path and is_standard(path)]
+    if len(from_stdin) > 1:
+        raise UserError(f"{' and '.join(from_stdin)} cannot both read stdin (-)")
+    if (ref is None) == (tsv is None):
+        raise UserError("evaluate needs the references: --ref FILE, or --tsv FILE")
+    if translating and (src is None) != (ref is None):
+        raise UserError("evaluate translates --src (with --ref) or the sources of --tsv, or --hyp")
+    if tsv is None:
+        lines, references = read_parallel(hyp or src, ref)
+    else:
+        lines, references = read_tsv(tsv)
+        if hyp is not None:
+            lines = read_lines(hyp)
+            check_aligned(hyp, lines, tsv, references)
     if not references:
-        raise UserError(f"{ref}: no lines, nothing to score")
+        raise UserError(f"{ref or tsv}: no lines, nothing to score")
     empty = [number for number, line in enumerate(references, 1) if not line.strip()]
-    if empty:
-        warn(f"{ref}: {len(empty)} empty reference lines (the first: line {empty[0]})")
+    if empty:  # scores any translation of its line as wrong
+        console.warn(f"{ref or tsv}: {len(empty)} empty reference lines (the first: {empty[0]})")
     return lines, references
 
 
@@ -385,13 +468,17 @@ def _score_file(lines: list[str], references: list[str], translator, lang: str):
 
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)
     except UserError as error:
         if _debug:
             raise
-        to_stderr(f"error: {error}\n")
-        sys.exit(2)
-    except KeyboardInterrupt:
+        _fail(str(error))
+    except typer.TyperException as error:  # Click's usage errors: unknown option, bad value
+        context = getattr(error, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context else ""
+        # Typer checks values with pydantic, whose messages start with "Value error, ".
+        _fail(error.format_message().replace("Value error, ", "") + hint)
+    except (KeyboardInterrupt, typer.Abort):
         to_stderr("interrupted\n")
         sys.exit(130)
     except Exception as error:  # a bug: short message, traceback with --debug
@@ -399,3 +486,10 @@ def main() -> None:
             raise
         to_stderr(f"internal error: {type(error).__name__}: {error} (rerun with --debug)\n")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> None:
+    """Every user error: one line on stderr, status 2."""
+    to_stderr(f"error: {message}\n")
+    sys.exit(2)

@@ -8,6 +8,7 @@ Every error names the file, the line (when the YAML has one) and the key.
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,9 @@ from pydantic import (
 from seq2seq.errors import UserError
 from seq2seq.files import write_atomic
 
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DecodePrecision = Literal["fp32", "bf16"]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -32,7 +36,11 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     dir: str = "data/multi30k"
-    """Folder holding `{split}.{lang}` files, plain or gzipped (`.gz`)."""
+    """Folder holding the splits, plain or gzipped (`.gz`), in the layout of `format`."""
+    format: Literal["files", "tsv"] = "files"
+    """`files`: two line-aligned files per split, `{split}.{src_lang}` and
+    `{split}.{trg_lang}`. `tsv`: one file per split, `{split}.tsv`, a `source<TAB>target`
+    pair on every line (a split named with its extension, e.g. `news.tsv.gz`, as is)."""
     dataset: Literal["multi30k"] | None = None
     """With `multi30k`, train downloads the missing Multi30k files into `dir` (verified)."""
     src_lang: str = "de"
@@ -59,6 +67,12 @@ class DataConfig(Section):
             raise ValueError(f"spaCy has no language {lang!r}") from None
         return lang
 
+    @model_validator(mode="after")
+    def _download_fits_the_format(self) -> DataConfig:
+        if self.dataset == "multi30k" and self.format != "files":
+            raise ValueError("dataset multi30k downloads the files layout: format must be files")
+        return self
+
 
 class VocabConfig(Section):
     type: Literal["word", "sentencepiece"] = "word"
@@ -75,6 +89,32 @@ class VocabConfig(Section):
     small data)."""
     joint: bool = False
     """sentencepiece: one model trained on both languages, shared by source and target."""
+    model_file: str | None = None
+    """sentencepiece, joint: an existing SentencePiece model used for both languages
+    instead of training one (model_type and size are then the file's)."""
+    src_model_file: str | None = None
+    """sentencepiece, not joint: an existing model for the source side; None trains one."""
+    trg_model_file: str | None = None
+    """sentencepiece, not joint: an existing model for the target side; None trains one."""
+
+    @model_validator(mode="after")
+    def _model_files_fit(self) -> VocabConfig:
+        # Only the combination is checked here: a checkpoint's config names files that
+        # need not exist where it translates (the models travel inside the checkpoint).
+        named = [key for key in MODEL_FILE_KEYS if getattr(self, key)]
+        if named and self.type != "sentencepiece":
+            raise ValueError(f"{named[0]} needs type: sentencepiece")
+        if self.model_file and not self.joint:
+            raise ValueError(
+                "model_file is one model for both languages: set joint: true, or name "
+                "src_model_file and trg_model_file"
+            )
+        if self.joint and (self.src_model_file or self.trg_model_file):
+            raise ValueError("joint: true shares one model: name it with model_file")
+        return self
+
+
+MODEL_FILE_KEYS = ("model_file", "src_model_file", "trg_model_file")
 
 
 class EncoderConfig(Section):
@@ -155,7 +195,7 @@ class TrainConfig(Section):
     min_learning_rate: float = Field(1e-6, ge=0.0)
     log_every: int = Field(50, gt=0)
     """Append a training record to metrics.jsonl every N optimizer steps."""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Device = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Mixed precision for training: bf16 (autocast) or fp16 (autocast + gradient scaler,
     CUDA only)."""
@@ -184,7 +224,7 @@ class DecodeConfig(Section):
     """A translation stops after ratio * source_tokens + offset tokens."""
     max_source_length: int = Field(250, gt=0)
     """Longer inputs are truncated to this many tokens (with a warning)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: DecodePrecision = "fp32"
     """bf16 runs the search under bf16 autocast: faster on GPUs and on CPUs with AMX or
     AVX512-BF16, slower elsewhere; scores can differ from fp32 in the last digits."""
     nbest: int = Field(1, gt=0)
@@ -236,29 +276,35 @@ class Config(Section):
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config, apply `key.path=value` overrides and validate it."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: cannot read config: {error}") from None
+    """Read a YAML config (`-`: stdin), apply `key.path=value` overrides and validate it."""
+    text, name = _config_text(path)
     try:
         root = yaml.compose(text)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
         problem = getattr(error, "problem", None) or str(error)
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
     if raw is None:
-        raise UserError(f"{path}: config file is empty")
+        raise UserError(f"{name}: config file is empty")
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a config must be a mapping of sections, not {type(raw).__name__}")
+        raise UserError(f"{name}: a config must be a mapping of sections, not {type(raw).__name__}")
     for override in overrides:
         _apply_override(raw, override)
-    return config_from_dict(raw, source=str(path), yaml_root=root, overrides=overrides)
+    return config_from_dict(raw, source=name, yaml_root=root, overrides=overrides)
+
+
+def _config_text(path: str | Path) -> tuple[str, str]:
+    """(the YAML text, the name that messages give the file)."""
+    if str(path) == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        return Path(path).read_text(encoding="utf-8"), str(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read config: {error}") from None
 
 
 def config_from_dict(
@@ -279,12 +325,14 @@ def config_from_dict(
         where = f"{source}:{line}" if line else source
         for override in overrides:
             dotted = override.split("=", 1)[0].strip()
-            if key == dotted or key.startswith(dotted + "."):
+            # The override set this key, or sits in the section whose check failed.
+            if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
                 where = f"--set {override}"
         if first["type"] == "extra_forbidden":
             hint = _closest_key(key_path)
             raise UserError(f"{where}: unknown key '{key}'{hint}") from None
-        raise UserError(f"{where}: {key}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise UserError(f"{where}: {key}: {message}") from None
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:

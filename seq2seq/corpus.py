@@ -3,21 +3,35 @@
 Lines are split on '\\n' only (as `wc -l` counts them), so a U+2028 or U+0085 inside
 a sentence never shifts the alignment between a source file and its target file. A
 UTF-8 byte order mark at the start of a file is not text and is dropped.
+
+A parallel corpus comes in one of two layouts (`data.format`): two line-aligned files
+per split, `{split}.{src_lang}` and `{split}.{trg_lang}`, or one tab-separated file,
+`{split}.tsv`, with `source<TAB>target` on every line. Training, validation, the
+benchmark and the result scripts all read a split through `read_split`. The path `-`
+is stdin.
 """
 
 from __future__ import annotations
 
 import codecs
 import gzip
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from seq2seq.config import DataConfig
 from seq2seq.errors import UserError
+
+STDIN = "-"
+TSV_SUFFIXES = (".tsv", ".tsv.gz")
 
 
 def iter_lines(path: str | Path) -> Iterator[str]:
     """Yield the lines of a text file without their line ending; invalid UTF-8 names file:line."""
+    if str(path) == STDIN:
+        yield from _stdin_lines()
+        return
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
@@ -39,6 +53,16 @@ def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
     if first is not None:
         yield first.removeprefix(codecs.BOM_UTF8)
         yield from lines
+
+
+def name(path: str | Path) -> str:
+    """How messages name a file: `<stdin>` for `-`."""
+    return "<stdin>" if str(path) == STDIN else str(path)
+
+
+def _stdin_lines() -> Iterator[str]:
+    for number, raw in enumerate(without_bom(sys.stdin.buffer), 1):
+        yield decode_line(raw, f"<stdin>:{number}")
 
 
 def decode_line(raw: bytes, where: str) -> str:
@@ -64,9 +88,50 @@ def split_path(folder: str | Path, split: str, lang: str) -> Path:
 def read_parallel(src_path: Path, trg_path: Path) -> tuple[list[str], list[str]]:
     """Both sides of a parallel corpus; their line counts must agree."""
     src_lines, trg_lines = read_lines(src_path), read_lines(trg_path)
-    if len(src_lines) != len(trg_lines):
+    check_aligned(src_path, src_lines, trg_path, trg_lines)
+    return src_lines, trg_lines
+
+
+def check_aligned(
+    first: str | Path, first_lines: list[str], second: str | Path, second_lines: list[str]
+) -> None:
+    """Two line-aligned texts must have as many lines."""
+    if len(first_lines) != len(second_lines):
         raise UserError(
-            f"{src_path} has {len(src_lines)} lines but {trg_path} has {len(trg_lines)}: "
+            f"{name(first)} has {len(first_lines)} lines but {name(second)} has "
+            f"{len(second_lines)}: "
             "parallel files must have one line per sentence pair"
         )
-    return src_lines, trg_lines
+
+
+def read_tsv(path: str | Path) -> tuple[list[str], list[str]]:
+    """Both sides of a tab-separated parallel corpus: exactly one tab on every line (an
+    empty pair is a lone tab, which training skips and counts like an empty line pair)."""
+    sources, targets = [], []
+    for number, line in enumerate(iter_lines(path), 1):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            found = "no tab" if len(fields) == 1 else f"{len(fields) - 1} tabs"
+            raise UserError(f"{name(path)}:{number}: expected source<TAB>target, found {found}")
+        sources.append(fields[0])
+        targets.append(fields[1])
+    return sources, targets
+
+
+def tsv_path(folder: str | Path, split: str) -> Path:
+    """`{folder}/{split}.tsv` or its `.gz` twin; a split named with its extension as is."""
+    if split.endswith(TSV_SUFFIXES):
+        return Path(folder) / split
+    return split_path(folder, split, "tsv")
+
+
+def read_split(
+    data: DataConfig, split: str, folder: str | Path | None = None
+) -> tuple[list[str], list[str]]:
+    """(sources, targets) of a split in the layout of `data.format`, from `folder`
+    (default `data.dir`)."""
+    folder = data.dir if folder is None else folder
+    if data.format == "tsv":
+        return read_tsv(tsv_path(folder, split))
+    src, trg = (split_path(folder, split, lang) for lang in (data.src_lang, data.trg_lang))
+    return read_parallel(src, trg)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from seq2seq import console
 from seq2seq.errors import UserError
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
@@ -104,7 +105,13 @@ def _download(url: str, target: Path, label: str) -> None:
     with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(
-            total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=label,
+            file=sys.stderr,
+            leave=False,
+            disable=not console.progress_enabled(),
         ) as bar:
             while chunk := response.read(1 << 16):
                 out.write(chunk)

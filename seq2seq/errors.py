@@ -30,7 +30,3 @@ def to_stderr(text: str) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):  # ValueError: the stream object itself was closed
         pass
-
-
-def warn(message: str) -> None:
-    to_stderr(f"warning: {message}\n")

@@ -26,6 +26,7 @@ class RunFolder:
         self.best = self.path / "best.pt"  # the best validated model
         self.metrics = self.path / "metrics.jsonl"
         self.curves = self.path / "curves.png"
+        self.log = self.path / "train.log"  # what the console showed (console.py)
         self.tensorboard = self.path / "tensorboard"
         self.lock_file = self.path / ".lock"
         self._lock: IO[str] | None = None
@@ -114,7 +115,7 @@ class RunFolder:
         for stale in self.path.glob(TEMPORARY):
             stale.unlink()
         if not resuming and self.path.exists():
-            for path in (self.last, self.best, self.config, self.metrics, self.curves):
+            for path in (self.last, self.best, self.config, self.metrics, self.curves, self.log):
                 path.unlink(missing_ok=True)
             for old in self.all_kept():
                 old.unlink()

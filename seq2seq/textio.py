@@ -1,7 +1,7 @@
 """The command line's text streams: input lines as they arrive, chunks of them, output
 formats, outputs that never overwrite an input and replace a file only once complete,
 writing that stops quietly when the reader goes away, and warnings that a closed stderr
-cannot stop."""
+cannot stop. The path `-` is stdin or stdout."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TextIO
 
-from seq2seq.corpus import decode_line, iter_lines, without_bom
+from seq2seq.corpus import STDIN, decode_line, iter_lines, without_bom
 from seq2seq.errors import UserError, to_stderr
 from seq2seq.files import replaced_when_done
 from seq2seq.gates import GateValues
@@ -24,9 +24,9 @@ from seq2seq.translator import Translation
 
 
 def input_lines(path: Path | None) -> tuple[Iterator[str], str, bool]:
-    """The lines of `path`, or of stdin -> (lines, name for messages, interactive?).
-    A terminal on stdin is interactive: a prompt before each line."""
-    if path is not None:
+    """The lines of `path`, or of stdin (None or `-`) -> (lines, name for messages,
+    interactive?). A terminal on stdin is interactive: a prompt before each line."""
+    if not is_standard(path):
         return iter_lines(path), str(path), False
     interactive = sys.stdin.isatty()
     numbered = enumerate(without_bom(_stdin_lines(interactive)), 1)
@@ -41,6 +41,11 @@ def _stdin_lines(interactive: bool) -> Iterator[bytes]:
         if not raw:
             return
         yield raw
+
+
+def is_standard(path: Path | None) -> bool:
+    """True when `path` means stdin or stdout: not given, or `-`."""
+    return path is None or str(path) == STDIN
 
 
 def chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -67,18 +72,20 @@ def check_output(path: Path | None, inputs: Iterable[Path | None]) -> None:
 
 @contextmanager
 def output(path: Path | None) -> Iterator[TextIO]:
-    """`path` (a file is replaced only once complete) or stdout. A reader that goes away
-    (`| head -1`) ends the output quietly; a failing write (disk full) is a UserError
-    naming the file."""
-    opened = _replaced_when_done(path) if path else nullcontext(sys.stdout)
+    """`path` (a file is replaced only once complete) or stdout (None or `-`). A reader
+    that goes away (`| head -1`) ends the output quietly; a failing write (disk full) is a
+    UserError naming the file."""
+    to_file = not is_standard(path)
+    opened = _replaced_when_done(path) if to_file else nullcontext(sys.stdout)
     try:
         with opened as sink:
             yield sink
     except BrokenPipeError:
-        if path is None:  # so that Python's flush of stdout at exit does not raise again
+        if not to_file:  # so that Python's flush of stdout at exit does not raise again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as error:
-        raise UserError(f"{path or '<stdout>'}: cannot write: {error.strerror or error}") from None
+        where = path if to_file else "<stdout>"
+        raise UserError(f"{where}: cannot write: {error.strerror or error}") from None
 
 
 @contextmanager
@@ -109,16 +116,16 @@ def _finite(value: Any) -> Any:
 
 
 def format_candidates(
-    index: int, candidates: list[Translation], nbest: int, scores: bool, as_json: bool
+    line: int, candidates: list[Translation], nbest: int, scores: bool, as_json: bool
 ) -> str:
-    """The output line(s) of one input line."""
+    """The output line(s) of input line number `line` (from 1)."""
     if as_json:
         record = [translation_record(c) for c in candidates]
         best = record[0] if nbest == 1 else {**record[0], "nbest": record}
-        return strict_json({"index": index, **best}) + "\n"
+        return strict_json({"line": line, **best}) + "\n"
     if nbest > 1:
         return "".join(
-            f"{index}\t{rank}\t{c.score:.4f}\t{c.text}\n" for rank, c in enumerate(candidates, 1)
+            f"{line}\t{rank}\t{c.score:.4f}\t{c.text}\n" for rank, c in enumerate(candidates, 1)
         )
     best = candidates[0]
     return f"{best.score:.4f}\t{best.text}\n" if scores else best.text + "\n"
@@ -143,3 +150,15 @@ def gate_record(gates: GateValues) -> dict[str, list[float]]:
     if gates.temporal is not None:
         record["temporal"] = [round(v, 4) for v in gates.temporal.tolist()]
     return record
+
+
+SCORE_KEYS = ("bleu", "chrf", "tokenized_bleu", "perplexity", "free_running_perplexity")
+
+
+def rounded(record: dict[str, object]) -> dict[str, object]:
+    """A record for --json with the digits the text report prints: scores and
+    perplexities to 2 decimals, losses and other fractional numbers to 4."""
+    return {
+        key: round(value, 2 if key in SCORE_KEYS else 4) if isinstance(value, float) else value
+        for key, value in record.items()
+    }

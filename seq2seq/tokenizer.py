@@ -5,9 +5,10 @@ A trained pipeline package (e.g. de_core_news_sm) is used when installed; otherw
 `spacy.blank(lang)`, which carries the same tokenizer rules. Detokenization is the Moses
 detokenizer's (sacremoses).
 
-Subwords: a SentencePiece model (BPE or unigram) trained on the training split only; its
-pieces are the vocabulary, with our four specials at their fixed ids, and its own decoder
-detokenizes exactly.
+Subwords: a SentencePiece model (BPE or unigram) trained on the training split only, or
+an existing model read from a file (`vocab.model_file`, `src_model_file`,
+`trg_model_file`); its pieces are the vocabulary, with our four specials at their fixed
+ids, and its own decoder detokenizes exactly.
 
 A checkpoint stores what the tokenizers need (`tokenizer_state`): the spaCy pipelines
 actually used and the SentencePiece models' bytes, so translation tokenizes exactly like
@@ -19,6 +20,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import sentencepiece
@@ -27,6 +29,7 @@ import torch
 from sacremoses import MosesDetokenizer
 
 from seq2seq.config import Config, VocabConfig
+from seq2seq.errors import UserError
 from seq2seq.vocab import EOS, PAD, SOS, SPECIALS, UNK
 
 BLANK_PREFIX = "blank:"
@@ -119,8 +122,17 @@ class SubwordTokenizer:
         return ("pieces", self.lang, self.model, self.lowercase)
 
     def pieces(self) -> list[str]:
-        """The model's pieces in id order: the vocabulary, specials first."""
-        return [self._processor.id_to_piece(i) for i in range(self._processor.get_piece_size())]
+        """The vocabulary: our four specials, then the model's pieces in id order without
+        its own unknown and control pieces. A model trained here has our specials as
+        exactly those pieces, at our ids, so its ids are the vocabulary's; a model made
+        elsewhere (`<s>`, `</s>`, no padding piece) gets ours in their place."""
+        processor = self._processor
+        kept = [
+            processor.id_to_piece(i)
+            for i in range(processor.get_piece_size())
+            if not (processor.is_unknown(i) or processor.is_control(i))
+        ]
+        return [*SPECIALS, *(piece for piece in kept if piece not in SPECIALS)]
 
     def tokenize(self, texts: Iterable[str]) -> list[list[str]]:
         lowered = [text.lower() if self.lowercase else text for text in texts]
@@ -158,6 +170,31 @@ def train_sentencepiece(texts: Iterable[str], vocab: VocabConfig, lowercase: boo
     return model.getvalue()
 
 
+def read_sentencepiece(key: str, path: str) -> bytes:
+    """The bytes of an existing SentencePiece model that the config's `key` names."""
+    try:
+        model = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"vocab.{key}: {path}: file not found") from None
+    except OSError as error:
+        raise UserError(f"vocab.{key}: {path}: cannot read: {error.strerror or error}") from None
+    if not model:  # empty bytes would load as "no model", which logs C++ errors on use
+        raise UserError(f"vocab.{key}: {path}: not a SentencePiece model (empty file)")
+    try:
+        sentencepiece.SentencePieceProcessor(model_proto=model)
+    except RuntimeError:
+        raise UserError(f"vocab.{key}: {path}: not a SentencePiece model") from None
+    return model
+
+
+def sentencepiece_model(
+    key: str, texts: Iterable[str], vocab: VocabConfig, lowercase: bool
+) -> bytes:
+    """The model that the config's `key` names, or one trained on `texts`."""
+    path = getattr(vocab, key)
+    return read_sentencepiece(key, path) if path else train_sentencepiece(texts, vocab, lowercase)
+
+
 def tokenizer_state(src: AnyTokenizer, trg: AnyTokenizer) -> dict[str, Any]:
     """What a checkpoint needs to rebuild both tokenizers: the spaCy pipelines used, and
     the SentencePiece models as byte tensors (weights_only-loadable)."""
@@ -174,7 +211,8 @@ def make_tokenizers(
     training_text: tuple[list[str], list[str]] | None = None,
 ) -> tuple[AnyTokenizer, AnyTokenizer]:
     """Source and target tokenizers: rebuilt from a checkpoint's `tokenizer_state`, or made
-    from the config (SentencePiece models are then trained on `training_text`)."""
+    from the config (SentencePiece models are then read from the files it names, or
+    trained on `training_text`)."""
     data, vocab = config.data, config.vocab
     src_words = Tokenizer(
         data.src_lang, saved["src"] if saved else data.src_pipeline, data.lowercase
@@ -189,12 +227,13 @@ def make_tokenizers(
     elif training_text is None:
         raise ValueError("SentencePiece models are trained on the training text")
     elif vocab.joint:
-        src_model = trg_model = train_sentencepiece(
-            [*training_text[0], *training_text[1]], vocab, data.lowercase
-        )
+        both = [*training_text[0], *training_text[1]]
+        src_model = trg_model = sentencepiece_model("model_file", both, vocab, data.lowercase)
     else:
-        src_model = train_sentencepiece(training_text[0], vocab, data.lowercase)
-        trg_model = train_sentencepiece(training_text[1], vocab, data.lowercase)
+        src_model, trg_model = (
+            sentencepiece_model(key, texts, vocab, data.lowercase)
+            for key, texts in zip(("src_model_file", "trg_model_file"), training_text, strict=True)
+        )
     return (
         SubwordTokenizer(data.src_lang, src_model, data.lowercase, src_words),
         SubwordTokenizer(data.trg_lang, trg_model, data.lowercase, trg_words),

@@ -13,7 +13,8 @@
 - Divergence: a step with non-finite gradients is skipped; `train.max_bad_steps` of them
   in a row, or a non-finite validation, stop the run (`Diverged`, exit 3), last.pt and
   best.pt left as the last finite ones.
-- metrics.jsonl and curves.png in the run folder; a failed write saves last.pt first.
+- metrics.jsonl, curves.png and train.log (the messages shown) in the run folder; a
+  failed write saves last.pt first.
 - Under torchrun, DistributedDataParallel: each rank trains an equal share of every step's
   batches; rank 0 alone validates and writes (distributed.py).
 """
@@ -36,10 +37,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from seq2seq import distributed
+from seq2seq import console, distributed
 from seq2seq.checkpoint import Bundle, load_checkpoint, save_checkpoint, saved_tokenizers
 from seq2seq.config import Config, TrainConfig, load_config, save_config
-from seq2seq.corpus import read_parallel, split_path
+from seq2seq.corpus import read_split
 from seq2seq.data import collate, make_batches
 from seq2seq.download import download_multi30k
 from seq2seq.errors import UserError, is_out_of_memory
@@ -144,7 +145,7 @@ def set_threads(threads: int | None, context: distributed.Context, device: torch
 
 
 def progress_bar(total: int, progress: Progress, enabled: bool) -> tqdm:
-    """An epoch's bar on stderr; in a log (not a terminal) a line every 30 seconds."""
+    """An epoch's bar on stderr, when stderr is a terminal (console.progress_enabled)."""
     return tqdm(
         total=total,
         initial=progress.batches_done,
@@ -152,20 +153,9 @@ def progress_bar(total: int, progress: Progress, enabled: bool) -> tqdm:
         unit="batch",
         file=sys.stderr,
         dynamic_ncols=True,
-        mininterval=0.1 if sys.stderr.isatty() else 30.0,
-        disable=not enabled,
+        mininterval=0.1,
+        disable=not (enabled and console.progress_enabled()),
     )
-
-
-def read_split(config: Config, split: str) -> tuple[list[str], list[str]]:
-    data = config.data
-    return read_parallel(
-        split_path(data.dir, split, data.src_lang), split_path(data.dir, split, data.trg_lang)
-    )
-
-
-def log(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
 
 
 def resolve_run(
@@ -197,13 +187,13 @@ def read_training_text(
         distributed.barrier(context)
     if not Path(data.dir).is_dir():
         raise UserError(f"data.dir: folder '{data.dir}' does not exist")
-    train_src, train_trg = read_split(config, data.train)
-    valid_src, valid_trg = read_split(config, data.valid)
+    train_src, train_trg = read_split(data, data.train)
+    valid_src, valid_trg = read_split(data, data.valid)
     src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers)
     if not corpus.src:
         raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
     if context.is_main:
-        log(
+        console.info(
             f"training pairs: {len(corpus.src)} ({corpus.skipped} skipped: empty or longer "
             f"than {data.max_length} tokens); {config.vocab.type} vocabulary: "
             f"{len(src.vocab)} {data.src_lang}, {len(trg.vocab)} {data.trg_lang}"
@@ -258,6 +248,7 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> Path
     try:
         return Trainer(config, overwrite, resume).run()
     finally:
+        console.stop_transcript()
         folder.unlock()
 
 
@@ -293,7 +284,7 @@ class Trainer:
 
     def _log(self, message: str) -> None:
         if self.context.is_main:
-            log(message)
+            console.info(message)
 
     def _record(self, kind: str, **values: Any) -> None:
         """A line of metrics.jsonl (rank 0): its kind, where the run is, the values."""
@@ -302,11 +293,15 @@ class Trainer:
             where = {"step": progress.step, "epoch": progress.epoch, "elapsed": progress.elapsed}
             lr = self.optimization.learning_rate
             self.metrics.append({"kind": kind, **where, "lr": lr, **values})
+            console.detail(console.record_line(kind, {**where, "lr": lr, **values}))
 
     def _prepare_folder(self, overwrite: bool, resume: bool) -> dict[str, Any] | None:
         """Refuse to clobber a run; returns last.pt's payload when resuming, once the
         config's changes are known to be ones a resumed run takes."""
-        if not self.folder.start(overwrite, resume, self.context):
+        resuming = self.folder.start(overwrite, resume, self.context)
+        if self.context.is_main:
+            console.start_transcript(self.folder.log)
+        if not resuming:
             if resume:
                 self._log(f"{self.folder.path}: no last.pt yet, starting from the beginning")
             return None

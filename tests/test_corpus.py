@@ -1,15 +1,28 @@
-"""Corpus reading: plain and gzipped UTF-8, split on '\\n' only, errors that name file:line."""
+"""Corpus reading: plain and gzipped UTF-8, split on '\\n' only, errors that name file:line;
+the two layouts of a parallel corpus (two files, or one tab-separated file); `-` is stdin."""
 
 from __future__ import annotations
 
 import gzip
+import io
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import TOY_DATA
 from hypothesis import given
 from hypothesis import strategies as st
 
-from seq2seq.corpus import decode_line, read_lines, read_parallel, split_path
+from seq2seq.config import DataConfig
+from seq2seq.corpus import (
+    decode_line,
+    read_lines,
+    read_parallel,
+    read_split,
+    read_tsv,
+    split_path,
+    tsv_path,
+)
 from seq2seq.errors import UserError
 
 LINES = ["Ein Mann fährt Fahrrad.", "", "Zwei Hunde spielen im Schnee.", "Ende"]
@@ -116,3 +129,57 @@ def test_lines_round_trip(tmp_path_factory: pytest.TempPathFactory, lines, gz, c
     data = "".join(line + ending for line in lines).encode()
     path = write_bytes(folder / ("c.gz" if gz else "c.txt"), data)
     assert read_lines(path) == lines
+
+
+# -- one tab-separated file per split -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pairs.tsv", "pairs.tsv.gz"])
+def test_tsv_gives_both_sides(tmp_path: Path, name: str) -> None:
+    data = "Ein Hund.\tA dog.\r\n\t\nzwei\u2028Zeilen?\tno\n\tonly a target".encode()
+    path = write_bytes(tmp_path / name, data)
+    assert read_tsv(path) == (["Ein Hund.", "", "zwei\u2028Zeilen?", ""],
+                              ["A dog.", "", "no", "only a target"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "found"), [("no tab here", "no tab"), ("a\tb\tc", "2 tabs"), ("", "no tab")]
+)
+def test_a_tsv_line_without_exactly_one_tab_names_file_and_line(
+    tmp_path: Path, line: str, found: str
+) -> None:
+    path = write_bytes(tmp_path / "bad.tsv", f"a\tb\nc\td\n{line}\ne\tf\n".encode())
+    with pytest.raises(UserError) as caught:
+        read_tsv(path)
+    assert str(caught.value) == f"{path}:3: expected source<TAB>target, found {found}"
+
+
+def test_both_layouts_read_the_same_pairs(tmp_path: Path) -> None:
+    """A TSV made from the two files (as `paste` makes it) is the same corpus."""
+    files = DataConfig(dir=str(TOY_DATA), src_lang="de", trg_lang="en")
+    src, trg = read_split(files, "train")
+    lines = "".join(f"{s}\t{t}\n" for s, t in zip(src, trg, strict=True))
+    write_bytes(tmp_path / "train.tsv.gz", lines.encode())
+    tsv = files.model_copy(update={"dir": str(tmp_path), "format": "tsv"})
+    assert read_split(tsv, "train") == (src, trg) and len(src) == 400
+    assert read_split(tsv, "train.tsv.gz") == (src, trg)
+    # The scripts name the data folder on their command line instead of data.dir.
+    elsewhere = tsv.model_copy(update={"dir": "no/such/folder"})
+    assert read_split(elsewhere, "train", folder=tmp_path) == (src, trg)
+
+
+def test_tsv_path_adds_the_extension_unless_given(tmp_path: Path) -> None:
+    assert tsv_path(tmp_path, "train") == tmp_path / "train.tsv"  # neither exists
+    write_bytes(tmp_path / "train.tsv.gz", b"a\tb\n")
+    assert tsv_path(tmp_path, "train") == tmp_path / "train.tsv.gz"
+    assert tsv_path(tmp_path, "news.tsv") == tmp_path / "news.tsv"
+    assert tsv_path(tmp_path, "news.tsv.gz") == tmp_path / "news.tsv.gz"
+
+
+def test_dash_reads_stdin_and_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\tb\r\nc d\n")))
+    with pytest.raises(UserError, match=r"^<stdin>:2: expected source<TAB>target"):
+        read_tsv("-")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"eins\n\xff\n")))
+    with pytest.raises(UserError, match=r"^<stdin>:2: invalid UTF-8"):
+        read_lines("-")

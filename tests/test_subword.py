@@ -100,7 +100,7 @@ def test_beam_nbest_and_unknown_word_replacement(subword_run: Path, cli, tmp_pat
     code, out, err = cli(*args, "--replace-unk", "--plot-attention", tmp_path / "att", input=text)
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
-    assert [r["index"] for r in records] == [0, 1, 2]
+    assert [r["line"] for r in records] == [1, 2, 3]
     assert records[0]["translation"] == "A dog runs in the park."
     assert len(records[0]["nbest"]) == 2
     assert sorted(p.name for p in (tmp_path / "att").iterdir()) == ["000001.png", "000003.png"]
@@ -119,7 +119,7 @@ def test_evaluate_subword_model(subword_run: Path, cli, tmp_path: Path):
     result = json.loads(out)
     hypotheses = read_lines(output)
     references = read_lines(TOY_DATA / "test.en")
-    assert result["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+    assert result["bleu"] == round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)
     words = Tokenizer("en")
     lowered = [[[t.lower() for t in line] for line in words.tokenize(side)]
                for side in (hypotheses, references)]  # fmt: skip
@@ -129,7 +129,7 @@ def test_evaluate_subword_model(subword_run: Path, cli, tmp_path: Path):
         tokenize="none",
         force=True,
     ).score
-    assert result["tokenized_bleu"] == pytest.approx(expected)
+    assert result["tokenized_bleu"] == round(expected, 2)
     assert result["bleu"] > 90 and result["tokenized_bleu"] > 90  # it learned
 
 
