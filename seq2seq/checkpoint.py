@@ -47,8 +47,12 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     write_atomic(path, lambda handle: torch.save(payload, handle), durable=True)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Open a checkpoint without running code; anything that is not ours is a UserError."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Open a checkpoint without running code; anything that is not ours is a UserError.
+    `mmap` maps the tensors from the file instead of reading them: pages are read as they
+    are used, and processes that open the same model share them."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
@@ -56,7 +60,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 5": one line on stderr
             warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise UserError(
             f"{path}: refused: it holds pickled Python objects, which seq2seq checkpoints never "
@@ -91,7 +95,8 @@ def _check_archive(path: Path) -> None:
             )
         with zipfile.ZipFile(path) as archive:
             claimed = sum(entry.file_size for entry in archive.infolist())
-    except (zipfile.BadZipFile, ValueError, EOFError) as e:  # e.g. "span multiple disks"
+    # e.g. "span multiple disks", or NotImplementedError for a made-up zip version
+    except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as e:
         raise UserError(f"{path}: damaged seq2seq checkpoint ({e})") from None
     size = path.stat().st_size
     if claimed > size:
@@ -179,13 +184,14 @@ class Bundle:
 
 def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     """A checkpoint's model (in eval mode, on `device`), config and text sides."""
-    payload = load_checkpoint(path)
+    payload = load_checkpoint(path, mmap=True)
     try:
         config = config_from_dict(payload["config"], source=f"{path} (config)")
         src_vocab, trg_vocab = saved_vocabularies(payload)
-        _check_sizes(config, len(src_vocab), len(trg_vocab), saved_weights(payload), path)
-        model = Seq2Seq(config.model, len(src_vocab), len(trg_vocab))
-        model.load_state_dict(payload["model"])
+        weights = saved_weights(payload)
+        model = _empty_model(config, len(src_vocab), len(trg_vocab), weights, path)
+        # The model takes the loaded tensors themselves: no initialization, no copy.
+        model.load_state_dict(weights, assign=True)
         src_tokenizer, trg_tokenizer = make_tokenizers(config, saved_tokenizers(payload))
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
         raise UserError(f"{path}: damaged seq2seq checkpoint ({error})") from None
@@ -207,12 +213,12 @@ _SIZES = (
 )
 
 
-def _check_sizes(
+def _empty_model(
     config: Config, src_vocab: int, trg_vocab: int, weights: dict[str, Any], path: str | Path
-) -> None:
-    """Refuse a config and vocabularies that would build another model than the weights,
-    before the model is built: a small file whose config says hidden_size 8000 would
-    otherwise allocate gigabytes, only to fail when its weights are loaded."""
+) -> Seq2Seq:
+    """The model the config and vocabularies make, on the meta device (no memory, no
+    values), once its shapes are those of the weights: a small file whose config says
+    hidden_size 8000 would otherwise allocate gigabytes, only to fail at loading."""
     vocab_sizes = {"vocab.src size": src_vocab, "vocab.trg size": trg_vocab}
     for key, name, dimension in _SIZES:
         size = vocab_sizes[key] if key in vocab_sizes else attrgetter(key)(config)
@@ -228,7 +234,8 @@ def _check_sizes(
     # The sizes agree; every shape (a product of sizes, a gate's kernel...) is compared on
     # the meta device, which allocates nothing.
     with torch.device("meta"), _NoFills():
-        expected = Seq2Seq(config.model, src_vocab, trg_vocab).state_dict()
+        model = Seq2Seq(config.model, src_vocab, trg_vocab)
+    expected = model.state_dict()
     for name in sorted(expected.keys() | weights.keys()):
         shapes = [_shape(tensors.get(name)) for tensors in (weights, expected)]
         if shapes[0] != shapes[1]:
@@ -236,6 +243,7 @@ def _check_sizes(
                 f"{path}: refused: its weights {name} are {shapes[0]} where its config "
                 f"makes them {shapes[1]}"
             )
+    return model
 
 
 class _NoFills(TorchFunctionMode):

@@ -422,7 +422,8 @@ def _evaluation_text(
         raise UserError(f"{ref or tsv}: no lines, nothing to score")
     empty = [number for number, line in enumerate(references, 1) if not line.strip()]
     if empty:  # scores any translation of its line as wrong
-        console.warn(f"{ref or tsv}: {len(empty)} empty reference lines (the first: {empty[0]})")
+        first = f"the first: line {empty[0]}"
+        console.warn(f"{ref or tsv}: {len(empty)} empty reference lines ({first})")
     return lines, references
 
 

@@ -135,7 +135,7 @@ def translation_record(translation: Translation) -> dict[str, object]:
     """One translation as JSON data (`translate --json`, the server's answers)."""
     return {
         "translation": translation.text,
-        "score": translation.score,
+        "score": round(translation.score, 4),
         "tokens": translation.tokens,
         "source_tokens": translation.source_tokens,
         "alignment": translation.alignment(),

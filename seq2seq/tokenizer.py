@@ -13,6 +13,9 @@ ids, and its own decoder detokenizes exactly.
 A checkpoint stores what the tokenizers need (`tokenizer_state`): the spaCy pipelines
 actually used and the SentencePiece models' bytes, so translation tokenizes exactly like
 training did.
+
+spaCy and sacremoses take about a second to import; they are imported when a word
+tokenizer first runs, so that a subword model translates without them.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sentencepiece
-import spacy
 import torch
-from sacremoses import MosesDetokenizer
 
 from seq2seq.config import Config, VocabConfig
 from seq2seq.errors import UserError
 from seq2seq.vocab import EOS, PAD, SOS, SPECIALS, UNK
+
+if TYPE_CHECKING:
+    import spacy
 
 BLANK_PREFIX = "blank:"
 # The spaCy names a checkpoint may give: blank:<language> or a pipeline package
@@ -51,12 +56,33 @@ class Tokenizer:
     def __init__(self, lang: str, pipeline: str | None = None, lowercase: bool = False):
         self.lang = lang
         self.lowercase = lowercase
-        self._nlp, self.name = _load_spacy(lang, pipeline)
-        self._detokenizer = MosesDetokenizer(lang=lang)
+        self._pipeline = pipeline
+        self._joins_nt = lang == "en"
+
+    @cached_property
+    def _spacy(self) -> tuple[spacy.language.Language, str]:
+        return _load_spacy(self.lang, self._pipeline)
+
+    @property
+    def _nlp(self) -> spacy.language.Language:
+        return self._spacy[0]
+
+    @property
+    def name(self) -> str:
+        """The spaCy pipeline used: a package name, or blank:<lang>."""
+        return self._spacy[1]
+
+    @cached_property
+    def _detokenizer(self) -> Any:
+        from sacremoses import MosesDetokenizer
+
+        return MosesDetokenizer(lang=self.lang)
+
+    @cached_property
+    def _joins_hyphens(self) -> bool:
         # spaCy splits 't-shirt' into 't - shirt' in some languages (en, fr, cs...) and
         # English "isn't" into "is n't"; Moses would leave both apart.
-        self._joins_hyphens = len(self._nlp.tokenizer("t-shirt")) == 3
-        self._joins_nt = lang == "en"
+        return len(self._nlp.tokenizer("t-shirt")) == 3
 
     @property
     def words(self) -> Tokenizer:
@@ -247,6 +273,8 @@ def _capitalized(text: str, lowercase: bool) -> str:
 
 def _load_spacy(lang: str, pipeline: str | None) -> tuple[spacy.language.Language, str]:
     """(nlp, name): the pipeline's tokenizer when installed, else spacy.blank(lang)."""
+    import spacy
+
     if pipeline and not pipeline.startswith(BLANK_PREFIX) and spacy.util.is_package(pipeline):
         return spacy.load(pipeline), pipeline
     return spacy.blank(lang), BLANK_PREFIX + lang

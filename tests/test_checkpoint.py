@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from seq2seq import checkpoint, files
@@ -154,6 +154,7 @@ def valid_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @settings(max_examples=300)  # about 1 ms each
 @given(position=st.integers(0, 10_000), value=st.integers(1, 255))
+@example(position=3939, value=64)  # a central-directory entry's zip version: 6.4
 def test_a_damaged_archive_is_refused_or_read_never_a_crash(
     tmp_path_factory: pytest.TempPathFactory, valid_bytes: bytes, position: int, value: int
 ) -> None:

@@ -148,7 +148,7 @@ def test_resume_a_subword_run(tmp_path: Path):
     train(load_config(TOY_CONFIG, toy_overrides(run_dir, *sets, "train.max_steps=3")))
     train(load_config(TOY_CONFIG, toy_overrides(run_dir, *sets, "train.max_steps=6")), resume=True)
     assert load_checkpoint(run_dir / "last.pt")["step"] == 6
-    with pytest.raises(UserError, match="vocabulary settings"):
+    with pytest.raises(UserError, match="vocab.size=70, this config says 50"):
         changed = toy_overrides(run_dir, *sets, "vocab.size=50", "train.max_steps=9")
         train(load_config(TOY_CONFIG, changed), resume=True)
 
