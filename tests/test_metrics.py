@@ -48,7 +48,7 @@ def test_bleu_is_case_sensitive_and_tokenized_bleu_is_not() -> None:
     lowered = [r.lower() for r in REFERENCES]
     scores = score_corpus(lowered, REFERENCES, ENGLISH)
     assert scores.bleu < 100
-    assert scores.tokenized_bleu == pytest.approx(100.0)  # lowercased tokens, as DESIGN.md
+    assert scores.tokenized_bleu == pytest.approx(100.0)  # lowercased tokens (docs/design.md)
 
 
 def test_tokenized_bleu_retokenizes_with_the_model_tokenizer() -> None:
