@@ -7,9 +7,9 @@ there is one."""
 from __future__ import annotations
 
 import gzip
-import os
 import hashlib
 import http.server
+import os
 import shutil
 import threading
 from pathlib import Path
