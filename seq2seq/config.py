@@ -59,12 +59,22 @@ class DataConfig(Section):
     @field_validator("src_lang", "trg_lang")
     @classmethod
     def _spacy_knows_language(cls, lang: str) -> str:
+        import importlib.util
+
         import spacy.util
 
+        # Where spacy.util.get_lang_class looks, without importing the language: that
+        # takes seconds for some (French), and every config and checkpoint is validated.
         try:
-            spacy.util.get_lang_class(lang)
-        except Exception:  # spaCy raises ImportError or its own error types here
-            raise ValueError(f"spaCy has no language {lang!r}") from None
+            known = (
+                lang in spacy.util.registry.languages
+                or importlib.util.find_spec(f"spacy.lang.{lang}") is not None
+                or spacy.util.find_matching_language(lang) is not None
+            )
+        except (ImportError, ValueError):  # e.g. a dot in `lang` names a missing package
+            known = False
+        if not known:
+            raise ValueError(f"spaCy has no language {lang!r}")
         return lang
 
     @model_validator(mode="after")

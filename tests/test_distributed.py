@@ -107,7 +107,9 @@ def test_a_two_rank_run_resumes_in_one_process_where_it_left_off(runs, tmp_path,
 def test_rank_0_alone_wrote_the_run(runs):
     folder = runs["ddp"]
     names = sorted(p.name for p in folder.iterdir())
-    assert names == [".lock", "best.pt", "config.yaml", "curves.png", "last.pt", "metrics.jsonl"]
+    expected = [".lock", "best.pt", "config.yaml", "curves.png", "last.pt", "metrics.jsonl"]
+    assert names == [*expected, "train.log"]
+    assert (folder / "train.log").read_text(encoding="utf-8").count("training pairs:") == 1
     records = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
     assert [r["kind"] for r in records].count("start") == 1
     valid = [r for r in records if r["kind"] == "valid"]
