@@ -316,10 +316,8 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.truncate_after(self.progress.step)
             save_config(self.config, self.folder.config)
-        self._log(
-            f"resuming {self.folder.path} at epoch {self.progress.epoch}, step "
-            f"{self.progress.step}{describe_changes(changes)}"
-        )
+        where = f"epoch {self.progress.epoch}, step {self.progress.step}"
+        self._log(f"resuming {self.folder.path} at {where}{describe_changes(changes)}")
 
     def _restore_progress(self, state: dict[str, Any], restart_epoch: bool) -> None:
         """Progress, validation history and random streams of a training checkpoint."""
