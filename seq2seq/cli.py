@@ -118,11 +118,11 @@ def train(
         folder = run_training(resolved, overwrite=overwrite, resume=resume)
     except Interrupted as stop:
         if main_rank:
-            print(stop, file=sys.stderr)
+            to_stderr(f"{stop}\n")
         sys.exit(128 + stop.signum)
     except Diverged as stop:
         if main_rank:
-            print(f"error: {stop}", file=sys.stderr)
+            to_stderr(f"error: {stop}\n")
         sys.exit(3)
     if main_rank:
         console.info(f"done: {folder / 'best.pt'}")

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 
 from seq2seq.batching import Batcher
 from seq2seq.config import DecodeConfig, SettingError
-from seq2seq.errors import UserError
+from seq2seq.errors import UserError, to_stderr
 from seq2seq.textio import translation_record
 from seq2seq.translator import Translation, Translator
 
@@ -333,6 +333,6 @@ def run(models: Sequence[Path], host: str, port: int, device: str, limits: Limit
         app = create_app(translator, limits, [str(path) for path in models])
         logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
         name = f"[{host}]" if ":" in host else host
-        print(f"serving on http://{name}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
+        to_stderr(f"serving on http://{name}:{sock.getsockname()[1]}\n")
         config = uvicorn.Config(app, access_log=False, log_level="info", log_config=None)
         uvicorn.Server(config).run(sockets=[sock])
