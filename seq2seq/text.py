@@ -7,7 +7,7 @@ ids), so every user of a corpus sees the same ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,11 +80,15 @@ def training_sides(
     sources: list[str],
     targets: list[str],
     saved_tokenizers: dict[str, Any] | None = None,
+    report: Callable[[str], None] = lambda message: None,
 ) -> tuple[TextSide, TextSide, ParallelIds]:
     """The training text path: tokenizers (SentencePiece models trained on these lines,
     or rebuilt from a checkpoint's), tokens, the one filter, vocabularies from the kept
-    pairs only, ids."""
+    pairs only, ids. `report` gets a line as each long phase starts."""
+    if config.vocab.type == "sentencepiece" and saved_tokenizers is None:
+        report(f"training SentencePiece models ({config.vocab.size} pieces)")
     src_tokenizer, trg_tokenizer = make_tokenizers(config, saved_tokenizers, (sources, targets))
+    report(f"tokenizing {len(sources)} training pairs")
     limit = config.data.max_length
     tokens = zip(src_tokenizer.tokenize(sources), trg_tokenizer.tokenize(targets), strict=True)
     pairs = [(s, t) for s, t in tokens if usable_pair(s, t, limit)]

@@ -199,7 +199,8 @@ def read_training_text(
         raise UserError(f"data.dir: folder '{data.dir}' does not exist")
     train_src, train_trg = read_split(config, data.train)
     valid_src, valid_trg = read_split(config, data.valid)
-    src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers)
+    report = log if context.is_main else lambda message: None
+    src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers, report)
     if not corpus.src:
         raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
     if context.is_main:
@@ -476,6 +477,7 @@ class Trainer:
         started = time.perf_counter()
         evaluation = None
         if self.context.is_main:
+            log(f"validating at step {progress.step}")
             evaluation = evaluate(self.translator, self.valid_src, self.valid_trg)
         values = evaluation.as_dict() if evaluation else {}
         finite = all(math.isfinite(v) for v in values.values() if isinstance(v, float))
@@ -496,6 +498,10 @@ class Trainer:
             payload, progress.step, verdict.improved, verdict.keep, verdict.dropped
         )
         plot_run(self.folder.path)
+        saved = [self.folder.best] * verdict.improved + [
+            self.folder.kept(progress.step)
+        ] * verdict.keep
+        log(f"saved {', '.join(path.name for path in [*saved, self.folder.curves])}")
 
     def _save_last(self) -> None:
         if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
@@ -509,3 +515,4 @@ class Trainer:
             }
             payload = self.bundle.payload(self.progress.step, training=training)
             save_checkpoint(payload, self.folder.last)
+            log(f"saved {self.folder.last.name} at step {self.progress.step}")
