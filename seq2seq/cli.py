@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from seq2seq.allocator import tune_malloc
 from seq2seq.errors import UserError
 
 app = typer.Typer(
@@ -342,6 +343,7 @@ def _score_file(lines: list[str], references: list[str], translator, lang: str):
 
 
 def main() -> None:
+    tune_malloc()  # before torch starts its threads: docs/memory.md
     try:
         app()
     except UserError as error:
