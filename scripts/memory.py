@@ -61,7 +61,11 @@ class Recording:
 
     def peak(self, phase: Phase) -> tuple[int, float]:
         """(peak RSS in bytes, when) over the samples inside the phase."""
-        inside = [(r, t) for t, r in zip(self.times, self.rss) if phase.start <= t <= phase.end]
+        inside = [
+            (r, t)
+            for t, r in zip(self.times, self.rss, strict=True)
+            if phase.start <= t <= phase.end
+        ]
         return max(inside, default=(0, phase.start))
 
 
@@ -121,6 +125,10 @@ def record(command: list[str], interval: float) -> Recording:
         time.sleep(interval)
     reader.join()
     recording.phases[-1].end = time.monotonic() - started
+    # Phases between two lines of the same moment (training between two saves) hold no sample.
+    recording.phases = [
+        p for p in recording.phases if any(p.start <= t <= p.end for t in recording.times)
+    ]
     if len(recording.phases) == 1:  # a command that names no phase: one phase, the command
         recording.phases[0].name = name
     return recording
