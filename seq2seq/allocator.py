@@ -5,9 +5,9 @@ sets the padded length). glibc's default raises its mmap threshold to the size o
 largest block freed so far (up to 32 MB): after the first large tensor is freed, every
 later tensor below that size comes from the heap arenas, where blocks of ever-changing
 sizes fragment the heap and freed memory is kept instead of returned to the system
-(docs/memory.md measures it: about a gigabyte). Fixing the threshold keeps large tensors
-in their own mappings, returned to the system the moment they are freed; fewer arenas
-keep the freed small blocks of torch's threads in fewer heaps.
+(docs/memory.md measures it). Fixing the threshold keeps large tensors in their own
+mappings, returned to the system the moment they are freed; the heap then holds only
+small blocks, and its free top is returned above 1 MiB.
 
 `tune_malloc` applies this once, at the command line's start-up, on glibc only; a
 setting the user made with glibc's environment variable (MALLOC_MMAP_THRESHOLD_...)
@@ -19,12 +19,11 @@ from __future__ import annotations
 import ctypes
 import os
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 SETTINGS = {
     # (mallopt parameter, value), by the environment variable that also sets it
     "MALLOC_MMAP_THRESHOLD_": (M_MMAP_THRESHOLD, 1 << 20),  # blocks >= 1 MiB: own mapping
     "MALLOC_TRIM_THRESHOLD_": (M_TRIM_THRESHOLD, 1 << 20),
-    "MALLOC_ARENA_MAX": (M_ARENA_MAX, 2),
 }
 
 
