@@ -135,6 +135,7 @@ def average(
             paths.extend(found)
         else:
             paths.append(source)
+    typer.echo(f"averaging {len(paths)} checkpoints", err=True)
     save_checkpoint(average_checkpoints(paths), output)
     typer.echo(f"averaged {len(paths)} checkpoints into {output}", err=True)
 
