@@ -126,10 +126,8 @@ def record(command: list[str], interval: float) -> Recording:
         time.sleep(interval)
     reader.join()
     recording.phases[-1].end = time.monotonic() - started
-    # Phases between two lines of the same moment (training between two saves) hold no sample.
-    recording.phases = [
-        p for p in recording.phases if any(p.start <= t <= p.end for t in recording.times)
-    ]
+    # Phases between two lines of the same moment (training between two saves) are dropped.
+    recording.phases = [p for p in recording.phases if p.end - p.start >= interval]
     if len(recording.phases) == 1:  # a command that names no phase: one phase, the command
         recording.phases[0].name = name
     return recording
@@ -139,9 +137,8 @@ def report(recording: Recording) -> str:
     lines = [f"{'phase':<32} {'from s':>8} {'to s':>8} {'peak RSS MB':>12} {'at s':>8}"]
     for phase in recording.phases:
         peak, at = recording.peak(phase)
-        lines.append(
-            f"{phase.name:<32} {phase.start:8.1f} {phase.end:8.1f} {peak / 1e6:12.0f} {at:8.1f}"
-        )
+        found = f"{peak / 1e6:12.0f} {at:8.1f}" if peak else f"{'no sample':>12} {'':>8}"
+        lines.append(f"{phase.name:<32} {phase.start:8.1f} {phase.end:8.1f} {found}")
     sampled = max(recording.rss, default=0)
     lines.append(f"peak RSS sampled: {sampled / 1e6:.0f} MB")
     lines.append(

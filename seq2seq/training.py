@@ -199,10 +199,13 @@ def read_training_text(
         raise UserError(f"data.dir: folder '{data.dir}' does not exist")
     train_src, train_trg = read_split(config, data.train)
     valid_src, valid_trg = read_split(config, data.valid)
+    unusable = UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
+    if not any(s.strip() and t.strip() for s, t in zip(train_src, train_trg, strict=True)):
+        raise unusable  # before the progress lines: a user mistake is one line
     report = log if context.is_main else lambda message: None
     src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers, report)
     if not corpus.src:
-        raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
+        raise unusable
     if context.is_main:
         log(
             f"training pairs: {len(corpus.src)} ({corpus.skipped} skipped: empty or longer "
