@@ -40,6 +40,7 @@ from tutorial_baseline import (
     tutorial_translate,
 )
 
+from seq2seq.allocator import tune_malloc
 from seq2seq.checkpoint import load_checkpoint, saved_config
 from seq2seq.config import Config, load_config
 from seq2seq.corpus import read_split
@@ -226,6 +227,7 @@ def main() -> None:
         "--gates", nargs="*", default=[], choices=["se", "cbam"], help="also time gated encoders"
     )
     args = parser.parse_args()
+    tune_malloc()  # the allocator the command line runs with (docs/memory.md)
     torch.set_num_threads(args.threads)
     random.seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads")

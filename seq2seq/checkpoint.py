@@ -129,17 +129,22 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     """One self-contained checkpoint whose weights are the mean of the given ones.
 
     Config, vocabularies and tokenizers come from the first checkpoint; all must share
-    them (weights of different vocabularies cannot be averaged). No training state."""
+    them (weights of different vocabularies cannot be averaged). No training state.
+    One checkpoint is open at a time, added into a float64 running sum: the peak memory
+    is the sum (2x the weights) and one checkpoint, whatever the number averaged."""
     if not paths:
         raise UserError("average: no checkpoints given")
     first = load_checkpoint(paths[0])
-    total = {name: tensor.double().clone() for name, tensor in first["model"].items()}
+    kept = {key: first[key] for key in ("config", "vocab", "tokenizer")}
+    dtypes = {name: tensor.dtype for name, tensor in first["model"].items()}
+    total = {name: tensor.to(torch.float64, copy=True) for name, tensor in first["model"].items()}
+    del first
     for index, path in enumerate(paths[1:], 1):
         payload = load_checkpoint(path)  # first: a missing file is named as missing
         twin = next((other for other in paths[:index] if os.path.samefile(other, path)), None)
         if twin is not None:
             raise UserError(f"{path}: the same file as {twin}; an average takes each once")
-        if payload["vocab"] != first["vocab"] or payload["model"].keys() != total.keys():
+        if payload["vocab"] != kept["vocab"] or payload["model"].keys() != total.keys():
             raise UserError(f"{path}: a different model or vocabulary than {paths[0]}")
         for name, tensor in payload["model"].items():
             if tensor.shape != total[name].shape:
@@ -147,11 +152,10 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
                     f"{path}: {name} has shape {tuple(tensor.shape)}, "
                     f"not {tuple(total[name].shape)}"
                 )
-            total[name] += tensor.double()
-    model = {
-        name: (tensor / len(paths)).to(first["model"][name].dtype) for name, tensor in total.items()
-    }
-    kept = {key: first[key] for key in ("config", "vocab", "tokenizer")}
+            total[name] += tensor  # promoted to float64 as it is added: no copy
+        del payload  # before the next one is read
+    # Popped one by one: each sum is freed as its mean is made.
+    model = {name: total.pop(name).div_(len(paths)).to(dtypes[name]) for name in list(total)}
     return {**kept, "model": model, "averaged_from": [str(p) for p in paths]}
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Literal, NoReturn
 import typer
 
 from seq2seq import console
+from seq2seq.allocator import tune_malloc
 from seq2seq.config import DecodePrecision, Device
 from seq2seq.errors import UserError, to_stderr
 
@@ -193,6 +194,7 @@ def average(
     textio.check_output(output, paths)
     if len(paths) == 1:
         console.warn(f"{paths[0]} is the only checkpoint: the average is a copy of its weights")
+    console.info(f"averaging {len(paths)} checkpoints")
     save_checkpoint(average_checkpoints(paths), output)
     console.info(f"averaged {len(paths)} checkpoints into {output}")
 
@@ -468,6 +470,7 @@ def _score_file(lines: list[str], references: list[str], translator, lang: str):
 
 
 def main() -> None:
+    tune_malloc()  # before torch starts its threads: docs/memory.md
     try:
         code = app(standalone_mode=False)
     except UserError as error:

@@ -1,11 +1,14 @@
 """Token ids -> padded tensors: length-bucketed batches that keep padding small.
 
-Each sentence is stored once as a 1-D tensor of ids (<sos> ... <eos>). Batches are
-index lists; `collate` pads them and keeps the true lengths for packing.
+Each sentence is stored once as a 1-D tensor of ids (<sos> ... <eos>); a training corpus
+keeps all of them in one tensor (`IdRows`). Batches are index lists; `collate` pads them
+and keeps the true lengths for packing.
 """
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +46,31 @@ class Batch:
         return int((self.trg[:, 1:] != PAD).sum())
 
 
-def collate(indices: list[int], src: list[Tensor], trg: list[Tensor] | None) -> Batch:
+class IdRows(Sequence[Tensor]):
+    """Id sequences end to end in one int64 tensor; row i is a view. A tensor per sentence
+    costs about 800 bytes besides its ids: 0.45 GB for 290k pairs (docs/memory.md)."""
+
+    def __init__(self, rows: Iterable[list[int]]):
+        ids, self._offsets = array("q"), array("q", [0])
+        for row in rows:
+            ids.extend(row)
+            self._offsets.append(len(ids))
+        self._ids = (
+            torch.frombuffer(ids, dtype=torch.long) if ids else torch.zeros(0, dtype=torch.long)
+        )
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
+        return self._ids[self._offsets[index] : self._offsets[index + 1]]
+
+    def lengths(self) -> list[int]:
+        offsets = self._offsets
+        return [offsets[i + 1] - offsets[i] for i in range(len(self))]
+
+
+def collate(indices: list[int], src: Sequence[Tensor], trg: Sequence[Tensor] | None) -> Batch:
     src_rows = [src[i] for i in indices]
     lengths = torch.tensor([len(row) for row in src_rows], dtype=torch.long)
     padded_src = pad_sequence(src_rows, batch_first=True, padding_value=PAD)

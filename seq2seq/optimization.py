@@ -90,6 +90,9 @@ class Optimization:
                         batch.src, batch.src_lengths, batch.trg[:, :-1], self.train.teacher_forcing
                     )
                     loss = sequence_loss(logits, batch.trg, self.train.label_smoothing)
+                # Backward needs the log-softmax the loss saved, not the logits [B,T,V]
+                # themselves: freed now, they are not held beside their gradients.
+                del logits
                 self.scaler.scale(loss / per_rank).backward()
             total += loss.item()
         self.scaler.unscale_(self.optimizer)

@@ -76,15 +76,15 @@ class RunFolder:
 
     def save_validated(
         self, payload: dict[str, Any], step: int, best: bool, keep: bool, dropped: list[int]
-    ) -> None:
+    ) -> list[Path]:
         """A validated model: best.pt if it is the best so far, ckpt-step{step}.pt if it is
-        among the k best; the kept checkpoints it pushes out are deleted."""
-        if best:
-            save_checkpoint(payload, self.best)
-        if keep:
-            save_checkpoint(payload, self.kept(step))
+        among the k best; the kept checkpoints it pushes out are deleted -> what it wrote."""
+        written = [self.best] * best + [self.kept(step)] * keep
+        for path in written:
+            save_checkpoint(payload, path)
         for old in dropped:
             self.kept(old).unlink(missing_ok=True)
+        return written
 
     def check(self, overwrite: bool, resume: bool) -> bool:
         """Whether a training may start here; True when it resumes from last.pt."""

@@ -7,7 +7,7 @@ ids), so every user of a corpus sees the same ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from seq2seq.config import Config, VocabConfig
+from seq2seq.data import IdRows
 from seq2seq.tokenizer import AnyTokenizer, SubwordTokenizer, make_tokenizers
 from seq2seq.vocab import Vocabulary
 
@@ -55,19 +56,19 @@ class TextSide:
 class ParallelIds:
     """A corpus as id tensors: pair i is (src[i], trg[i]), each <sos> ... <eos>."""
 
-    src: list[Tensor]
-    trg: list[Tensor]
+    src: IdRows
+    trg: IdRows
     skipped: int = 0  # pairs the training filter dropped
 
     @property
     def lengths(self) -> list[int]:
         """The longer side of each pair, which batching sorts by."""
-        return [max(len(s), len(t)) for s, t in zip(self.src, self.trg, strict=True)]
+        return [max(s, t) for s, t in zip(self.src.lengths(), self.trg.lengths(), strict=True)]
 
     @property
     def target_tokens(self) -> int:
         """Tokens a model predicts over the corpus: each target after <sos>."""
-        return sum(len(t) - 1 for t in self.trg)
+        return sum(self.trg.lengths()) - len(self.trg)
 
 
 def usable_pair(src: list[str], trg: list[str], max_length: int) -> bool:
@@ -80,18 +81,24 @@ def training_sides(
     sources: list[str],
     targets: list[str],
     saved_tokenizers: dict[str, Any] | None = None,
+    report: Callable[[str], None] = lambda message: None,
 ) -> tuple[TextSide, TextSide, ParallelIds]:
     """The training text path: tokenizers (SentencePiece models trained on these lines,
     or rebuilt from a checkpoint's), tokens, the one filter, vocabularies from the kept
-    pairs only, ids."""
+    pairs only, ids. `report` gets a line as each long phase starts."""
+    if config.vocab.type == "sentencepiece" and saved_tokenizers is None:
+        report(f"training SentencePiece models ({config.vocab.size} pieces)")
     src_tokenizer, trg_tokenizer = make_tokenizers(config, saved_tokenizers, (sources, targets))
+    report(f"tokenizing {len(sources)} training pairs")
     limit = config.data.max_length
     tokens = zip(src_tokenizer.tokenize(sources), trg_tokenizer.tokenize(targets), strict=True)
     pairs = [(s, t) for s, t in tokens if usable_pair(s, t, limit)]
     src_vocab, trg_vocab = make_vocabularies(src_tokenizer, trg_tokenizer, pairs, config.vocab)
     src, trg = TextSide(src_tokenizer, src_vocab), TextSide(trg_tokenizer, trg_vocab)
     ids = ParallelIds(
-        [src.ids(s) for s, _ in pairs], [trg.ids(t) for _, t in pairs], len(sources) - len(pairs)
+        IdRows(src.vocab.encode(s) for s, _ in pairs),
+        IdRows(trg.vocab.encode(t) for _, t in pairs),
+        len(sources) - len(pairs),
     )
     return src, trg, ids
 

@@ -113,6 +113,10 @@ class Progress:
         self.finished = self.finished or self.epoch > epochs
         return report
 
+    def where(self) -> dict[str, float]:
+        """Where the run is, for each metrics record."""
+        return {"step": self.step, "epoch": self.epoch, "elapsed": self.elapsed}
+
     def postfix(self) -> dict[str, str]:
         """The epoch's mean loss and perplexity so far, for the progress bar."""
         mean = self.epoch_loss / max(self.epoch_tokens, 1)
@@ -189,9 +193,13 @@ def read_training_text(
         raise UserError(f"data.dir: folder '{data.dir}' does not exist")
     train_src, train_trg = read_split(data, data.train)
     valid_src, valid_trg = read_split(data, data.valid)
-    src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers)
+    unusable = UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
+    if not any(s.strip() and t.strip() for s, t in zip(train_src, train_trg, strict=True)):
+        raise unusable  # before the progress lines: a user mistake is one line
+    report = console.info if context.is_main else lambda message: None
+    src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers, report)
     if not corpus.src:
-        raise UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
+        raise unusable
     if context.is_main:
         console.info(
             f"training pairs: {len(corpus.src)} ({corpus.skipped} skipped: empty or longer "
@@ -289,9 +297,7 @@ class Trainer:
     def _record(self, kind: str, **values: Any) -> None:
         """A line of metrics.jsonl (rank 0): its kind, where the run is, the values."""
         if self.metrics is not None:
-            progress = self.progress
-            where = {"step": progress.step, "epoch": progress.epoch, "elapsed": progress.elapsed}
-            lr = self.optimization.learning_rate
+            where, lr = self.progress.where(), self.optimization.learning_rate
             self.metrics.append({"kind": kind, **where, "lr": lr, **values})
             console.detail(console.record_line(kind, {**where, "lr": lr, **values}))
 
@@ -364,9 +370,8 @@ class Trainer:
         if self._signal is not None:  # a second Ctrl-C: stop now, last.pt is still whole
             raise KeyboardInterrupt
         self._signal = signum
-        self._log(
-            f"{signal.Signals(signum).name}: finishing this step, then saving {self.folder.last}"
-        )
+        name = signal.Signals(signum).name
+        self._log(f"{name}: finishing this step, then saving {self.folder.last}")
 
     def _train_epoch(self) -> None:
         config, progress, context = self.config.train, self.progress, self.context
@@ -469,6 +474,7 @@ class Trainer:
         started = time.perf_counter()
         evaluation = None
         if self.context.is_main:
+            console.info(f"validating at step {progress.step}")
             evaluation = evaluate(self.translator, self.valid_src, self.valid_trg)
         values = evaluation.as_dict() if evaluation else {}
         finite = all(math.isfinite(v) for v in values.values() if isinstance(v, float))
@@ -485,10 +491,11 @@ class Trainer:
         where = f"validation at step {progress.step} (epoch {progress.epoch})"
         self._log(f"{where}: {evaluation.summary()}{self.tracker.describe(verdict)}")
         payload = self.bundle.payload(progress.step, values)
-        self.folder.save_validated(
+        saved = self.folder.save_validated(
             payload, progress.step, verdict.improved, verdict.keep, verdict.dropped
         )
         plot_run(self.folder.path)
+        self._log(f"saved {', '.join(path.name for path in [*saved, self.folder.curves])}")
 
     def _save_last(self) -> None:
         if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
@@ -502,3 +509,4 @@ class Trainer:
             }
             payload = self.bundle.payload(self.progress.step, training=training)
             save_checkpoint(payload, self.folder.last)
+            console.info(f"saved {self.folder.last.name} at step {self.progress.step}")

@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import struct
+import weakref
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -361,6 +362,33 @@ def test_average_is_the_mean_of_the_weights(tmp_path: Path) -> None:
     assert torch.equal(averaged["model"]["w"], torch.arange(6.0).reshape(2, 3) + 0.5)
     assert averaged["model"]["b"].dtype == torch.long and averaged["model"]["b"].tolist() == [1] * 3
     assert "training" not in averaged and averaged["vocab"] == payload()["vocab"]
+
+
+def test_average_holds_one_checkpoint_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running sum: each checkpoint's tensors are freed before the next one is read,
+    and the mean is the same as the mean of all of them at once."""
+    paths = [tmp_path / f"{i}.pt" for i in range(4)]
+    for i, path in enumerate(paths):
+        shifted = payload()
+        shifted["model"]["w"] = shifted["model"]["w"] * (i + 1) + torch.rand(2, 3)
+        save_checkpoint(shifted, path)
+    open_now, most_open = set(), []
+    loaded = checkpoint.load_checkpoint
+
+    def tracked(path: Path) -> dict:
+        opened = loaded(path)
+        open_now.add(path)
+        most_open.append(len(open_now))  # open when this one is read
+        weakref.finalize(opened["model"]["w"], open_now.discard, path)
+        return opened
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", tracked)
+    averaged = checkpoint.average_checkpoints(paths)
+    assert max(most_open) == 1 and not open_now
+    weights = torch.stack([load_checkpoint(p)["model"]["w"].double() for p in paths])
+    assert torch.equal(averaged["model"]["w"], weights.mean(dim=0).float())
 
 
 def test_average_of_nothing_is_refused() -> None:

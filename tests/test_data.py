@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from seq2seq.data import Batch, collate, make_batches
+from seq2seq.data import Batch, IdRows, collate, make_batches
 from seq2seq.vocab import PAD
 
 lengths_strategy = st.lists(st.integers(1, 60), max_size=300)
@@ -99,6 +99,20 @@ def test_collate_pads_with_pad_and_keeps_lengths() -> None:
     assert batch.trg is not None
     assert batch.trg.tolist() == [[2, 3, PAD, PAD, PAD, PAD], [2, 4, 4, 4, 4, 3]]
     assert batch.target_tokens == 1 + 5  # everything after <sos> that is not padding
+
+
+@given(rows=st.lists(st.lists(st.integers(0, 9000), max_size=12), max_size=30))
+def test_id_rows_hold_each_row_in_one_tensor(rows: list[list[int]]) -> None:
+    stored = IdRows(rows)
+    assert len(stored) == len(rows) and stored.lengths() == [len(row) for row in rows]
+    assert [row.tolist() for row in stored] == rows
+    assert all(row.dtype == torch.long for row in stored)
+    if rows:  # one storage for the corpus, no tensor per sentence
+        assert len({row.untyped_storage().data_ptr() for row in stored}) == 1
+        one = [torch.tensor(row, dtype=torch.long) for row in rows]
+        indices = list(range(len(rows)))[::-1]
+        padded, expected = collate(indices, stored, stored), collate(indices, one, one)
+        assert torch.equal(padded.src, expected.src) and torch.equal(padded.trg, expected.trg)
 
 
 def test_collate_without_targets() -> None:
