@@ -1,11 +1,12 @@
 """Resident memory of a seq2seq command over time, phase by phase.
 
     python scripts/memory.py --out docs/memory_tutorial.png -- \
-        seq2seq train --config configs/multi30k_de_en_tutorial.yaml --set train.max_steps=40
+        seq2seq --verbose train --config configs/multi30k_de_en_tutorial.yaml \
+        --set train.max_steps=40
 
 Runs the command as a child process, samples its resident set size (VmRSS in
 /proc/PID/status) every --interval seconds, and marks phases by the lines the child
-writes on stderr as they arrive (training's log names each phase as it starts:
+writes on stderr as they arrive (with --verbose, training's log names each phase as it starts:
 SentencePiece training, tokenizing, each epoch, each validation, each save). Draws RSS
 against time with the phases shaded, and prints each phase's peak, and the child's peak
 RSS as the kernel counts it (ru_maxrss from wait4: the number `/usr/bin/time -v` prints

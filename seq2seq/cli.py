@@ -194,7 +194,7 @@ def average(
     textio.check_output(output, paths)
     if len(paths) == 1:
         console.warn(f"{paths[0]} is the only checkpoint: the average is a copy of its weights")
-    console.info(f"averaging {len(paths)} checkpoints")
+    console.detail(f"averaging {len(paths)} checkpoints")  # with --verbose: scripts/memory.py
     save_checkpoint(average_checkpoints(paths), output)
     console.info(f"averaged {len(paths)} checkpoints into {output}")
 

@@ -196,7 +196,7 @@ def read_training_text(
     unusable = UserError(f"{data.dir}: no usable training pairs in '{data.train}'")
     if not any(s.strip() and t.strip() for s, t in zip(train_src, train_trg, strict=True)):
         raise unusable  # before the progress lines: a user mistake is one line
-    report = console.info if context.is_main else lambda message: None
+    report = console.detail if context.is_main else lambda message: None
     src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers, report)
     if not corpus.src:
         raise unusable
@@ -474,7 +474,7 @@ class Trainer:
         started = time.perf_counter()
         evaluation = None
         if self.context.is_main:
-            console.info(f"validating at step {progress.step}")
+            console.detail(f"validating at step {progress.step}")
             evaluation = evaluate(self.translator, self.valid_src, self.valid_trg)
         values = evaluation.as_dict() if evaluation else {}
         finite = all(math.isfinite(v) for v in values.values() if isinstance(v, float))
@@ -495,7 +495,7 @@ class Trainer:
             payload, progress.step, verdict.improved, verdict.keep, verdict.dropped
         )
         plot_run(self.folder.path)
-        self._log(f"saved {', '.join(path.name for path in [*saved, self.folder.curves])}")
+        console.detail(f"saved {', '.join(path.name for path in [*saved, self.folder.curves])}")
 
     def _save_last(self) -> None:
         if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
@@ -509,4 +509,4 @@ class Trainer:
             }
             payload = self.bundle.payload(self.progress.step, training=training)
             save_checkpoint(payload, self.folder.last)
-            console.info(f"saved {self.folder.last.name} at step {self.progress.step}")
+            console.detail(f"saved {self.folder.last.name} at step {self.progress.step}")

@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, TOY_CONFIG, toy_overrides
 
 import seq2seq.training
+from seq2seq import console
 from seq2seq.config import load_config
 from seq2seq.training import train
 
@@ -20,6 +21,7 @@ def test_the_training_log_names_each_phase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(seq2seq.training, "plot_run", lambda run_dir: None)
+    monkeypatch.setattr(console, "_verbosity", console.VERBOSE)  # phase lines are details
     train(load_config(TOY_CONFIG, toy_overrides(tmp_path / "run", "train.max_steps=2")))
     recording = memory.Recording()
     memory.follow_stderr(io.StringIO(capsys.readouterr().err), recording, 0.0)
