@@ -501,9 +501,8 @@ class Trainer:
             payload, progress.step, verdict.improved, verdict.keep, verdict.dropped
         )
         plot_run(self.folder.path)
-        saved = [self.folder.best] * verdict.improved + [
-            self.folder.kept(progress.step)
-        ] * verdict.keep
+        saved = [self.folder.best] if verdict.improved else []
+        saved += [self.folder.kept(progress.step)] if verdict.keep else []
         log(f"saved {', '.join(path.name for path in [*saved, self.folder.curves])}")
 
     def _save_last(self) -> None:
