@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def vm_rss(pid: int) -> int | None:
     return None  # a zombie has no VmRSS line
 
 
-def follow_stderr(stream, recording: Recording, started: float) -> None:
+def follow_stderr(stream: Iterable[str], recording: Recording, started: float) -> None:
     """Pass the child's stderr through, starting a phase at each line that names one
     (tqdm's carriage-return updates count as lines)."""
     epoch = 1
