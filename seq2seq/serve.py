@@ -9,7 +9,6 @@ null), never with a traceback; the server keeps serving.
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import sys
 import time
@@ -29,7 +28,7 @@ from starlette.exceptions import HTTPException
 from seq2seq.batching import Batcher
 from seq2seq.config import DecodeConfig, SettingError
 from seq2seq.errors import UserError, to_stderr
-from seq2seq.textio import translation_record
+from seq2seq.textio import finite, translation_record
 from seq2seq.translator import Translation, Translator
 
 log = logging.getLogger("seq2seq.serve")
@@ -209,18 +208,13 @@ def result(candidates: list[Translation], attention: bool, decode: DecodeConfig)
 
 
 def candidate(translation: Translation, attention: bool) -> dict[str, object]:
-    record = {**translation_record(translation), "score": rounded(translation.score)}
+    record = finite(translation_record(translation))  # a NaN score is null
     if attention:
         target, source, weights = translation.attention_grid()
         weights = torch.nan_to_num(weights.float())  # [len(target), len(source)]
         matrix = [[round(w, 4) for w in row] for row in weights.tolist()]
         record["attention"] = {"target": target, "source": source, "weights": matrix}
     return record
-
-
-def rounded(number: float) -> float | None:
-    """4 decimals, or None for a number JSON cannot carry (NaN, infinity)."""
-    return round(number, 4) if math.isfinite(number) else None
 
 
 def model_info(

@@ -102,16 +102,17 @@ def _replaced_when_done(path: Path) -> Iterator[TextIO]:
 def strict_json(record: Any) -> str:
     """Strict JSON on one line: NaN and infinities become null (json.dumps would write
     NaN/Infinity, which JSON parsers such as jq reject)."""
-    return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
+    return json.dumps(finite(record), ensure_ascii=False, allow_nan=False)
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
+    """The value with NaN and infinities (nested too) as None, which JSON can carry."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: finite(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [finite(item) for item in value]
     return value
 
 
