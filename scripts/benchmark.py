@@ -17,7 +17,8 @@ torch reaches here with the same threads.
 Translation of the config's test split, test_2016_flickr (or --sentences of it):
 - tutorial: its translate_sentence, one sentence at a time, greedy (on our weights).
 - ours: batched greedy and beam 5 at batch sizes 1 and 64 (through the Translator API,
-  tokenization and detokenization included, like the tutorial's loop).
+  tokenization and detokenization included, like the tutorial's loop), in fp32 as
+  loaded ("unprepared") and as prepared for the CPU (seq2seq/inference.py), bf16, int8.
 Prints medians of --repeats timed runs and the ratios, and the peak RSS.
 """
 
@@ -184,11 +185,16 @@ def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats:
     settings = saved_config(load_checkpoint(checkpoint), str(checkpoint)).data
     lines = read_split(settings, settings.test, data)[0][:sentences]
 
-    def ours(beam: int, batch: int, precision: str = "fp32"):
+    # The loaded model as it is, without seq2seq/inference.py's preparation (the "before").
+    unprepared = Translator(translator.models, translator.src, translator.trg,
+                            translator.decode, translator.device)  # fmt: skip
+
+    def ours(beam: int, batch: int, precision: str = "fp32", prepared: bool = True):
         decode = translator.decode.updated(beam_size=beam, batch_size=batch, precision=precision)
+        chosen = translator if prepared else unprepared
 
         def run():
-            translator.translate(lines, decode)
+            chosen.translate(lines, decode)
 
         return run
 
@@ -196,12 +202,19 @@ def benchmark_translation(checkpoint: Path, data: Path, sentences: int, repeats:
         "tutorial greedy, one sentence at a time": lambda: [
             tutorial_translate(decoder, translator, line) for line in lines
         ],
+        "greedy, batch 1, unprepared fp32": ours(1, 1, prepared=False),
         "greedy, batch 1": ours(1, 1),
+        "greedy, batch 1, int8": ours(1, 1, "int8"),
+        "beam 5, batch 1, unprepared fp32": ours(5, 1, prepared=False),
+        "beam 5, batch 1": ours(5, 1),
+        "beam 5, batch 1, int8": ours(5, 1, "int8"),
+        "greedy, batch 64, unprepared fp32": ours(1, 64, prepared=False),
         "greedy, batch 64": ours(1, 64),
         "greedy, batch 64, bf16": ours(1, 64, "bf16"),
-        "beam 5, batch 1": ours(5, 1),
+        "greedy, batch 64, int8": ours(1, 64, "int8"),
         "beam 5, batch 64": ours(5, 64),
         "beam 5, batch 64, bf16": ours(5, 64, "bf16"),
+        "beam 5, batch 64, int8": ours(5, 64, "int8"),
     }
     print(f"translation of {len(lines)} sentences (median of {repeats}):")
     baseline = None

@@ -123,13 +123,13 @@ def peak_rss_mb(pid: int) -> float | None:
     return round(int(line.split()[1]) / 1024, 1) if line else None
 
 
-def offline(models: list[Path], sentences: list[str], device: str) -> dict:
+def offline(models: list[Path], sentences: list[str], device: str, precision: str | None) -> dict:
     """The same sentences through Translator.translate, 64 at a time, with the server's
     default decoding settings."""
     from seq2seq.translator import Translator
 
     translator = Translator.from_checkpoint(models, device)
-    decode = translator.decode.updated(batch_size=64)
+    decode = translator.decode.updated(batch_size=64, precision=precision)
     translator.translate(sentences[:64], decode)  # warm-up
     started = time.perf_counter()
     translator.translate(sentences, decode)
@@ -157,6 +157,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="passed to seq2seq serve, e.g. --serve-option=--max-batch=32",
     )
     parser.add_argument(
+        "--precision", choices=["fp32", "bf16", "int8"], help="the server's and the offline run's"
+    )
+    parser.add_argument(
         "--no-offline", dest="offline", action="store_false", help="skip the offline comparison"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         if args.model:
             options = ["--device", args.device, *args.serve_option]
+            if args.precision:
+                options += ["--precision", args.precision]
             process, url = start_server(args.model, options, Path(folder) / "server.log")
         try:
             runs = [
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"url": url, "runs": runs}
     if args.model and args.offline:
         sent = sentences[: max(run["requests"] for run in runs)]
-        report["offline_batch_64"] = offline(args.model, sent, args.device)
+        report["offline_batch_64"] = offline(args.model, sent, args.device, args.precision)
     print(json.dumps(report) if args.json else table(report))
     return report
 

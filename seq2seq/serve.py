@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from seq2seq.batching import Batcher
-from seq2seq.config import DecodeConfig, SettingError
+from seq2seq.config import DecodeConfig, DecodePrecision, SettingError
 from seq2seq.errors import UserError, to_stderr
 from seq2seq.textio import finite, translation_record
 from seq2seq.translator import Translation, Translator
@@ -106,14 +106,19 @@ class RequestError(Exception):
 
 
 def create_app(
-    translator: Translator, limits: Limits = Limits(), members: Sequence[str] = ()
+    translator: Translator,
+    limits: Limits = Limits(),
+    members: Sequence[str] = (),
+    precision: DecodePrecision | None = None,
 ) -> FastAPI:
-    """The app serving `translator`; `members` names its checkpoints (for GET /info)."""
-    defaults = translator.decode.updated(batch_size=limits.max_batch)
+    """The app serving `translator` (at `precision`, default the model's); `members`
+    names its checkpoints (for GET /info)."""
+    defaults = translator.decode.updated(batch_size=limits.max_batch, precision=precision)
     try:
         request_decode(defaults, TranslateRequest(), limits)
     except RequestError as error:
         raise UserError(f"the model's default decoding settings: {error}") from None
+    translator.searchable(defaults)  # prepares the models now, not in the first request
     batcher = Batcher(translator.translate_nbest, limits.max_batch, limits.max_wait_ms / 1000)
 
     @asynccontextmanager
@@ -318,13 +323,20 @@ def listen(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host} port {port}: {reason}") from None
 
 
-def run(models: Sequence[Path], host: str, port: int, device: str, limits: Limits) -> None:
+def run(
+    models: Sequence[Path],
+    host: str,
+    port: int,
+    device: str,
+    limits: Limits,
+    precision: DecodePrecision | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT; then requests in flight are answered before exit."""
     import uvicorn
 
     with listen(host, port) as sock:
         translator = Translator.from_checkpoint(models, device)
-        app = create_app(translator, limits, [str(path) for path in models])
+        app = create_app(translator, limits, [str(path) for path in models], precision)
         logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
         name = f"[{host}]" if ":" in host else host
         to_stderr(f"serving on http://{name}:{sock.getsockname()[1]}\n")

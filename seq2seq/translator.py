@@ -27,6 +27,7 @@ from seq2seq.data import Batch, collate, make_batches
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.gates import GateValues
+from seq2seq.inference import prepared, quantized
 from seq2seq.model import Seq2Seq, evaluating
 from seq2seq.search import (
     Hypothesis,
@@ -93,11 +94,14 @@ class Translator:
         trg: TextSide,
         decode: DecodeConfig,
         device: torch.device,
+        frozen: bool = False,
     ):
         self.models = [models] if isinstance(models, Seq2Seq) else list(models)
         self.src, self.trg = src, trg
         self.decode = decode  # the defaults; each call may pass its own
         self.device = device
+        self.frozen = frozen  # the weights never change: prepared copies can be kept
+        self._prepared: dict[str, list[Seq2Seq]] = {}  # precision -> models to decode with
 
     @classmethod
     def from_checkpoint(
@@ -113,13 +117,28 @@ class Translator:
             check_same_text(paths[0], bundles[0], path, bundle)
         first = bundles[0]
         models = [bundle.model for bundle in bundles]
-        return cls(models, first.src, first.trg, first.config.decode, torch_device)
+        return cls(models, first.src, first.trg, first.config.decode, torch_device, frozen=True)
 
     def searchable(self, decode: DecodeConfig | None = None) -> Searchable:
-        """The model, or the ensemble of the models combined as `decode.combine` says."""
-        if len(self.models) == 1:
-            return self.models[0]
-        return Ensemble(self.models, (decode or self.decode).combine)
+        """The model, or the ensemble of the models combined as `decode.combine` says,
+        prepared for `decode.precision` (inference.py)."""
+        decode = decode or self.decode
+        models = self._decoding_models(decode.precision)
+        return models[0] if len(models) == 1 else Ensemble(models, decode.combine)
+
+    def _decoding_models(self, precision: str) -> list[Seq2Seq]:
+        if self.device.type != "cpu":
+            if precision == "int8":
+                raise UserError(
+                    f"decode.precision int8 runs on the CPU only (the model is on "
+                    f"{self.device.type}); use bf16 there"
+                )
+            return self.models
+        if not self.frozen:  # training's live model: a copy would be stale by the next call
+            return [quantized(m) for m in self.models] if precision == "int8" else self.models
+        if precision not in self._prepared:
+            self._prepared[precision] = [prepared(m, precision) for m in self.models]
+        return self._prepared[precision]
 
     def translate(self, lines: list[str], decode: DecodeConfig | None = None) -> list[Translation]:
         """One Translation per line, in order; an empty line gives an empty translation."""
