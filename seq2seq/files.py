@@ -10,6 +10,7 @@ naming the file: a UserError, exit 2.
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 import shutil
@@ -43,6 +44,7 @@ def replaced_when_done(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     A symlink stays one (its target is replaced); a target that is not a regular file
     (/dev/null, a FIFO) is written directly."""
     target = Path(os.path.realpath(path))
+    remove_orphans(target)
     temporary = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         if target.exists() and not target.is_file() and not target.is_dir():
@@ -67,6 +69,25 @@ def replaced_when_done(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
             raise
         kept = " (the previous one is intact)" if target.is_file() else ""
         raise WriteFailed(path, f"{cause.strerror or cause}{kept}") from None
+
+
+def remove_orphans(target: Path) -> None:
+    """Remove the temp files of `target` whose writer died before it could (kill -9): a
+    temp file's name carries its writer's process id, and no such process runs."""
+    for orphan in target.parent.glob(f".{glob.escape(target.name)}.*-*.tmp"):
+        writer = orphan.name[len(target.name) + 2 :].split("-")[0]
+        if writer.isdigit() and not is_running(int(writer)):
+            orphan.unlink(missing_ok=True)
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def append_line(path: Path, line: str) -> None:

@@ -105,6 +105,20 @@ class RequestError(Exception):
         self.field, self.status = field, status
 
 
+def serving_defaults(
+    translator: Translator, limits: Limits, precision: DecodePrecision | None
+) -> DecodeConfig:
+    """The settings of a request that sets none; refused at start if over the limits.
+    The models are prepared for them now (inference.py), not in the first request."""
+    defaults = translator.decode.updated(batch_size=limits.max_batch, precision=precision)
+    try:
+        request_decode(defaults, TranslateRequest(), limits)
+    except RequestError as error:
+        raise UserError(f"the model's default decoding settings: {error}") from None
+    translator.searchable(defaults)
+    return defaults
+
+
 def create_app(
     translator: Translator,
     limits: Limits = Limits(),
@@ -113,12 +127,7 @@ def create_app(
 ) -> FastAPI:
     """The app serving `translator` (at `precision`, default the model's); `members`
     names its checkpoints (for GET /info)."""
-    defaults = translator.decode.updated(batch_size=limits.max_batch, precision=precision)
-    try:
-        request_decode(defaults, TranslateRequest(), limits)
-    except RequestError as error:
-        raise UserError(f"the model's default decoding settings: {error}") from None
-    translator.searchable(defaults)  # prepares the models now, not in the first request
+    defaults = serving_defaults(translator, limits, precision)
     batcher = Batcher(translator.translate_nbest, limits.max_batch, limits.max_wait_ms / 1000)
 
     @asynccontextmanager

@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -120,6 +121,40 @@ def test_an_output_file_is_replaced_only_when_complete(
     assert (tmp_path / "link.en").is_symlink()  # written through the link, not over it
     assert old_output.stat().st_mode & 0o777 == 0o640
     assert temporary_files(tmp_path) == []
+
+
+def test_temp_files_of_killed_writers_are_removed_by_the_next_write(
+    tmp_path: Path, toy_checkpoint: Path
+) -> None:
+    """A translate killed with -9 cannot remove its temp file; the next write of the same
+    output does, and leaves the temp files of writers still running alone."""
+    output = tmp_path / "out.en"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "seq2seq", "translate", "-m", toy_checkpoint, "-o", output],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    killed.stdin.write(b"Ein Hund.\n")
+    killed.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not temporary_files(tmp_path):  # until it has opened its temp file
+        assert killed.poll() is None, killed.stderr.read().decode()
+        assert time.monotonic() < deadline, "translate never opened its output"
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    (orphan,) = temporary_files(tmp_path)
+    assert str(killed.pid) in orphan
+    alive = tmp_path / f".out.en.{os.getpid()}-0000.tmp"  # a writer that still runs
+    alive.write_text("partial")
+    source = tmp_path / "in.de"
+    source.write_text("Ein Mann.\n", encoding="utf-8")
+    code = subprocess.run(
+        [sys.executable, "-m", "seq2seq", "translate", "-m", toy_checkpoint, "-i", source,
+         "-o", output], capture_output=True, cwd=ROOT, timeout=300,
+    ).returncode  # fmt: skip
+    assert code == 0
+    assert temporary_files(tmp_path) == [alive.name]
+    assert len(read_lines(output)) == 1
 
 
 def test_a_failed_command_leaves_the_old_output(
