@@ -131,9 +131,8 @@ def beam_search(
     The B*K beams are rows of one decoder batch. Candidates are ranked by their summed
     log-probability divided by the length penalty. A finished beam stays in the beam
     with exactly one continuation, <eos> at no cost, so its score and length freeze.
-    A sentence leaves the decoder batch once no unfinished beam can overtake its `nbest`
-    best finished ones (_settled); the search ends when every sentence has. Returns, per
-    sentence, the `nbest` best hypotheses, best first.
+    A sentence whose beams have all finished leaves the decoder batch; the search ends
+    when every sentence has. Returns, per sentence, the `nbest` best hypotheses, best first.
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 1 and the beam size, got {nbest}")
@@ -160,7 +159,7 @@ def beam_search(
         attention.append(
             weights.new_zeros(len(rows), weights.size(1)).index_copy_(0, beams.rows, weights)
         )
-        stopped = _settled(beams, alpha, nbest)  # [R]
+        stopped = beams.finished.view(-1, beam_size).all(dim=1)  # [R]
         if bool(stopped.any()):
             leaving = beams.select(stopped.nonzero().squeeze(1))
             final_scores[leaving.sentences] = leaving.scores
@@ -170,26 +169,6 @@ def beam_search(
             beams = beams.select((~stopped).nonzero().squeeze(1))
     normalized = final_scores.view(-1) / length_penalty(final_lengths, alpha)  # [B*K]
     return _best(emitted, origins, attention, normalized, src_lengths, limits, gates, nbest)
-
-
-def _settled(beams: Beams, alpha: float, nbest: int) -> Tensor:
-    """[R] True for the sentences whose result can no longer change: every beam has
-    finished, or the `nbest`-th best finished beam scores above all that any unfinished
-    one can still reach. Search stopped there returns what running on to the end would.
-
-    An unfinished beam's summed log-probability s only falls, and its length penalty is
-    at most that at its length limit, so s / penalty(limit) bounds its final normalized
-    score (s <= 0). Finished beams out-rank every candidate below that bound, so they
-    stay in the beam to the end."""
-    count, size = beams.scores.shape
-    scores = beams.scores.view(-1)  # [R*K]
-    normalized = scores / length_penalty(beams.lengths, alpha)
-    reachable = scores / length_penalty(beams.limits, alpha)
-    no = torch.tensor(float("-inf"), device=scores.device)
-    finished = torch.where(beams.finished, normalized, no).view(count, size)
-    bound = torch.where(beams.finished, no, reachable).view(count, size).amax(dim=1)  # [R]
-    nth_best = finished.topk(nbest, dim=1).values[:, -1]  # [R]
-    return beams.finished.view(count, size).all(dim=1) | (nth_best > bound)
 
 
 def _advance(model: Searchable, beams: Beams, alpha: float) -> tuple[Beams, Tensor, Tensor]:

@@ -13,7 +13,6 @@ from conftest import ROOT, random_batch, tiny_model
 from hypothesis import given
 from hypothesis import strategies as st
 
-from seq2seq import search
 from seq2seq.corpus import read_lines
 from seq2seq.search import beam_search, greedy_search, length_penalty, max_output_lengths
 from seq2seq.translator import Translation, replace_unknown
@@ -94,60 +93,6 @@ def test_finished_sentences_leave_the_decoder_batch(monkeypatch: pytest.MonkeyPa
     rows_per_step.clear()
     greedy_search(model, src, src_lengths, torch.tensor([1, 4]))
     assert rows_per_step == [2, 1, 1, 1]
-
-
-def run_to_the_end(beams, alpha: float, nbest: int) -> torch.Tensor:
-    """The stopping rule without early stopping: a sentence stops when all beams have."""
-    return beams.finished.view(beams.scores.shape).all(dim=1)
-
-
-@given(
-    st.lists(st.integers(2, 9), min_size=1, max_size=4),
-    st.integers(2, 6),
-    st.sampled_from([0.0, 0.6, 1.0, 2.0, 4.0]),
-    st.integers(0, 3),
-    st.data(),
-)
-def test_early_stopping_returns_what_running_to_the_end_returns(
-    lengths: list[int], beam: int, alpha: float, seed: int, data
-):
-    model = likes_to_stop(tiny_model(trg_vocab=9, scale=1.0))
-    src, src_lengths = _batch(lengths, seed=seed)
-    limits = max_output_lengths(src_lengths, 1.5, 3)
-    nbest = data.draw(st.integers(1, beam))
-    early = beam_search(model, src, src_lengths, limits, beam, alpha, nbest)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search, "_settled", run_to_the_end)
-        full = beam_search(model, src, src_lengths, limits, beam, alpha, nbest)
-    # Equal up to float rounding: sentences leave the decoder batch at other steps, and a
-    # matrix multiply's rounding depends on the number of rows.
-    for stopped, ended in zip(early, full, strict=True):
-        assert [h.tokens for h in stopped] == [h.tokens for h in ended]
-        assert [h.score for h in stopped] == pytest.approx([h.score for h in ended], abs=1e-5)
-        for a, b in zip(stopped, ended, strict=True):
-            assert torch.allclose(a.attention, b.attention, atol=1e-6)
-
-
-def test_early_stopping_saves_steps(monkeypatch: pytest.MonkeyPatch):
-    """A likely <eos> finishes the best beam early; the other beams run on only until none
-    can overtake it."""
-    model = likes_to_stop(tiny_model(trg_vocab=9, scale=1.0))
-    steps = []
-    step = model.decoder.step
-
-    def counting_step(tokens, state, memory):
-        steps.append(tokens.size(0))
-        return step(tokens, state, memory)
-
-    monkeypatch.setattr(model.decoder, "step", counting_step)
-    src, src_lengths = _batch([8], seed=6)
-    limits = torch.tensor([20])
-    beam_search(model, src, src_lengths, limits, beam_size=4, alpha=0.0)
-    early = len(steps)
-    steps.clear()
-    monkeypatch.setattr(search, "_settled", run_to_the_end)
-    beam_search(model, src, src_lengths, limits, beam_size=4, alpha=0.0)
-    assert early < len(steps), (early, len(steps))
 
 
 def every_output(model, src: torch.Tensor, limit: int) -> dict[tuple[int, ...], tuple[float, int]]:
