@@ -8,6 +8,8 @@ Every error names the file, the line (when the YAML has one) and the key.
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -59,21 +61,7 @@ class DataConfig(Section):
     @field_validator("src_lang", "trg_lang")
     @classmethod
     def _spacy_knows_language(cls, lang: str) -> str:
-        import importlib.util
-
-        import spacy.util
-
-        # Where spacy.util.get_lang_class looks, without importing the language: that
-        # takes seconds for some (French), and every config and checkpoint is validated.
-        try:
-            known = (
-                lang in spacy.util.registry.languages
-                or importlib.util.find_spec(f"spacy.lang.{lang}") is not None
-                or spacy.util.find_matching_language(lang) is not None
-            )
-        except (ImportError, ValueError):  # e.g. a dot in `lang` names a missing package
-            known = False
-        if not known:
+        if not (spacy_has_language_folder(lang) or spacy_finds_language(lang)):
             raise ValueError(f"spaCy has no language {lang!r}")
         return lang
 
@@ -82,6 +70,33 @@ class DataConfig(Section):
         if self.dataset == "multi30k" and self.format != "files":
             raise ValueError("dataset multi30k downloads the files layout: format must be files")
         return self
+
+
+def spacy_has_language_folder(lang: str) -> bool:
+    """spaCy's own languages are folders spacy/lang/<code>/: found without importing spaCy,
+    which takes about a second (every config and checkpoint is validated, and a subword
+    model translates without spaCy)."""
+    spec = importlib.util.find_spec("spacy")
+    if spec is None or not re.fullmatch(r"[a-z]{2,3}", lang):
+        return False
+    folders = spec.submodule_search_locations or []
+    return any((Path(folder) / "lang" / lang / "__init__.py").is_file() for folder in folders)
+
+
+def spacy_finds_language(lang: str) -> bool:
+    """Where spacy.util.get_lang_class looks (registered languages, spacy.lang.<lang>, a
+    matching code such as en-US), without importing the language: that takes seconds for
+    some (French)."""
+    import spacy.util
+
+    try:
+        return (
+            lang in spacy.util.registry.languages
+            or importlib.util.find_spec(f"spacy.lang.{lang}") is not None
+            or spacy.util.find_matching_language(lang) is not None
+        )
+    except (ImportError, ValueError):  # e.g. a dot in `lang` names a missing package
+        return False
 
 
 class VocabConfig(Section):

@@ -4,6 +4,8 @@ and everything else (beam search, unknown words, plots, resume, averaging) uncha
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,20 @@ def test_a_subword_checkpoint_is_self_contained(subword_run: Path, tmp_path: Pat
     assert result.text == "A dog runs in the park."
     assert len(result.tokens) > 6  # pieces, not words
     assert result.attention.shape == (len(result.tokens) + 1, len(result.source_tokens) + 2)
+
+
+def test_a_subword_model_translates_without_importing_spacy(subword_run: Path):
+    """spaCy takes about a second to import: translating with a subword model from the
+    command line must not pay it (checked in a fresh interpreter)."""
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "seq2seq", "translate", "--model",
+         subword_run / "best.pt"],
+        input=b"Ein Hund l\xc3\xa4uft im Park.\n", capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr.decode()
+    assert completed.stdout.decode() == "A dog runs in the park.\n"
+    imported = {line.split("|")[-1].strip() for line in completed.stderr.decode().splitlines()}
+    assert "spacy" not in imported and "sacremoses" not in imported
 
 
 def test_beam_nbest_and_unknown_word_replacement(subword_run: Path, cli, tmp_path: Path):
