@@ -75,7 +75,7 @@ def test_where_dash_cannot_be(cli, args: list[str], expected: str) -> None:
         (["translate", "-m", "x.pt", "--device", "tpu"],
          "error: Invalid value for '--device': 'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'."),
         (["evaluate", "--hyp", "h", "--ref", "r", "--precision", "fp16"],
-         "error: Invalid value for '--precision': 'fp16' is not one of 'fp32', 'bf16'."),
+         "error: Invalid value for '--precision': 'fp16' is not one of 'fp32', 'bf16', 'int8'."),
         (["download", "imagenet", "--dest", "data"],
          "error: Invalid value for 'dataset': 'imagenet' is not one of 'multi30k'."),
         (["translate", "-m", "x.pt", "--bogus"], "error: No such option: --bogus"),
