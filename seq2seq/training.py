@@ -352,7 +352,7 @@ class Trainer:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            distributed.stop()
+            distributed.stop(self.context)
         self._log(f"finished after {self.progress.step} steps; best model: {self.folder.best}")
         return self.folder.path
 
