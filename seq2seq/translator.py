@@ -27,7 +27,7 @@ from seq2seq.data import Batch, collate, make_batches
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.gates import GateValues
-from seq2seq.inference import prepared, quantized
+from seq2seq.inference import prepared
 from seq2seq.model import Seq2Seq, evaluating
 from seq2seq.search import (
     Hypothesis,
@@ -134,8 +134,10 @@ class Translator:
                     f"{self.device.type}); use bf16 there"
                 )
             return self.models
-        if not self.frozen:  # training's live model: a copy would be stale by the next call
-            return [quantized(m) for m in self.models] if precision == "int8" else self.models
+        if not self.frozen:  # training's live model: a kept copy would be stale next call
+            if precision != "int8":
+                return self.models
+            return [prepared(m, precision) for m in self.models]
         if precision not in self._prepared:
             self._prepared[precision] = [prepared(m, precision) for m in self.models]
         return self._prepared[precision]
