@@ -107,6 +107,53 @@ def test_a_request_after_the_wait_starts_the_next_batch() -> None:
     assert [texts for texts, _ in calls] == [["a"], ["b"]]
 
 
+def closed_loop(batcher: Batcher, returns: list[float | None]) -> list[float]:
+    """Clients that each send one sentence, all at once, then, once answered, wait their
+    `returns` seconds and send another (None: they do not) -> when the second ones were sent."""
+    sent_again: list[float] = []
+
+    async def client(name: str, pause: float | None) -> None:
+        await batcher.translate([name], DecodeConfig())
+        if pause is not None:
+            await asyncio.sleep(pause)
+            sent_again.append(time.perf_counter())
+            await batcher.translate([name + "'"], DecodeConfig())
+
+    async def run_all() -> None:
+        batcher.start()
+        try:
+            await asyncio.gather(*(client(f"c{i}", pause) for i, pause in enumerate(returns)))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run_all())
+    return sent_again
+
+
+def slow_stand_in(calls: list[tuple[list[str], float]], seconds: float):
+    """A decoder taking `seconds` per call, recording (texts, when it was called)."""
+
+    def translate(texts: list[str], decode: DecodeConfig) -> list[list[str]]:
+        calls.append((list(texts), time.perf_counter()))
+        time.sleep(seconds)
+        return [[text] for text in texts]
+
+    return translate
+
+
+def test_clients_coming_back_after_their_answer_are_waited_for_and_batched_again() -> None:
+    calls = []  # the second requests come 30 and 80 ms after the answer; max_wait is 10 ms
+    closed_loop(Batcher(slow_stand_in(calls, 0.4), 64, 0.01), [0.03, 0.08])
+    assert [texts for texts, _ in calls] == [["c0", "c1"], ["c0'", "c1'"]]
+
+
+def test_the_wait_for_coming_back_clients_is_a_quarter_of_the_last_decoding_time() -> None:
+    calls = []  # c1 does not come back: c0' waits for it 0.1 s (a quarter of 0.4), not more
+    (sent,) = closed_loop(Batcher(slow_stand_in(calls, 0.4), 64, 0.01), [0.0, None])
+    assert [texts for texts, _ in calls] == [["c0", "c1"], ["c0'"]]
+    assert 0.08 < calls[1][1] - sent < 0.3
+
+
 @pytest.fixture
 def client(toy_translator: Translator):
     with TestClient(create_app(toy_translator, LIMITS, ["toy.pt"])) as client:
