@@ -23,7 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seq2seq.batching import Batcher
 from seq2seq.config import DecodeConfig, DecodePrecision, SettingError
@@ -138,7 +140,7 @@ def create_app(
 
     app = FastAPI(title="seq2seq", version=_version("seq2seq"), lifespan=lifespan)
     add_error_handlers(app)
-    add_request_log(app, limits.max_body())
+    app.add_middleware(RequestLog, max_body=limits.max_body())
     page = (resources.files("seq2seq") / "static" / "index.html").read_text("utf-8")
     info = model_info(translator, defaults, limits, members)
     errors = {code: {"model": ErrorResponse} for code in (400, 413, 422, 500)}
@@ -296,29 +298,41 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error: {type(error).__name__}", None)
 
 
-def add_request_log(app: FastAPI, max_body: int) -> None:
-    """One log line per request; a body announced as too large is refused unread."""
+class RequestLog:
+    """One log line per request; a body announced as too large is refused unread. Plain
+    ASGI: Starlette's BaseHTTPMiddleware costs a task and a stream per request, and the
+    event loop shares the CPU with the decoder."""
 
-    @app.middleware("http")
-    async def log_request(request: Request, call_next):
+    def __init__(self, app: ASGIApp, max_body: int):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         start, status = time.perf_counter(), 500
+        state = scope.setdefault("state", {})  # the endpoint's request.state
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            length = request.headers.get("content-length", "0")
-            if length.isdigit() and int(length) > max_body:
-                response = error_response(413, f"body over {max_body} bytes", "body")
+            length = Headers(scope=scope).get("content-length", "0")
+            if length.isdigit() and int(length) > self.max_body:
+                refusal = error_response(413, f"body over {self.max_body} bytes", "body")
+                await refusal(scope, receive, send_noting_status)
             else:
-                response = await call_next(request)
-            status = response.status_code
-            return response
+                await self.app(scope, receive, send_noting_status)
         finally:
             # e.g. `127.0.0.1 POST /translate 200 texts=1 batch=12 35.2ms`: batch counts
             # the sentences decoded together with this request's
-            state = request.state
-            texts = f" texts={state.texts}" if hasattr(state, "texts") else ""
-            batch = f" batch={state.batch}" if hasattr(state, "batch") else ""
-            client = request.client.host if request.client else "-"
+            texts = f" texts={state['texts']}" if "texts" in state else ""
+            batch = f" batch={state['batch']}" if "batch" in state else ""
+            client = scope["client"][0] if scope.get("client") else "-"
             milliseconds = (time.perf_counter() - start) * 1000
-            where = f"{client} {request.method} {request.url.path}"
+            where = f"{client} {scope['method']} {scope['path']}"
             log.info("%s %d%s%s %.1fms", where, status, texts, batch, milliseconds)
 
 
