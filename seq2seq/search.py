@@ -176,18 +176,23 @@ def _advance(model: Searchable, beams: Beams, alpha: float) -> tuple[Beams, Tens
     -> (the beams after the step, the running row each extends [R*K], its attention)."""
     log_probs, state, weights = model.step(beams.tokens, beams.state)  # [R*K,V]
     count, size = beams.scores.shape
-    vocab_size = log_probs.size(1)
+    # A beam's continuations share its score and length penalty, so they rank as their
+    # log-probs do: the K best of a sentence are among its beams' K best each (ranking
+    # K*K candidates instead of K*V).
+    candidates, ids = log_probs.topk(min(size, log_probs.size(1)), dim=1)  # [R*K,K]
     # A finished beam's only continuation is <eos> at no cost.
-    frozen = torch.full((vocab_size,), float("-inf"), device=log_probs.device)
-    frozen[EOS] = 0.0
-    log_probs = torch.where(beams.finished.unsqueeze(1), frozen, log_probs)
+    frozen = torch.full_like(candidates[0], float("-inf"))
+    frozen[0] = 0.0
+    ended = beams.finished.unsqueeze(1)
+    candidates = torch.where(ended, frozen, candidates)
+    ids = torch.where(ended, EOS, ids)
     grown = beams.lengths + (~beams.finished).long()  # [R*K] lengths after this step
-    totals = beams.scores.view(-1, 1) + log_probs  # [R*K,V] summed log-probs
+    totals = beams.scores.view(-1, 1) + candidates  # [R*K,K] summed log-probs
     ranked = (totals / length_penalty(grown, alpha).unsqueeze(1)).view(count, -1)
-    best = ranked.topk(size, dim=1).indices  # [R,K] into the K*V candidates
+    best = ranked.topk(size, dim=1).indices  # [R,K] into the sentence's K*K candidates
     first = (torch.arange(count, device=best.device) * size).unsqueeze(1)  # [R,1]
-    previous = (best // vocab_size + first).view(-1)  # [R*K] running row each beam extends
-    tokens = (best % vocab_size).view(-1)
+    previous = (best // candidates.size(1) + first).view(-1)  # [R*K] running row extended
+    tokens = ids.view(count, -1).gather(1, best).view(-1)
     lengths = grown[previous]
     finished = beams.finished[previous] | (tokens == EOS) | (lengths >= beams.limits)
     scores = totals.view(count, -1).gather(1, best)
