@@ -3,7 +3,7 @@ batch.
 
 One worker (an asyncio task) takes the first waiting request, then gathers more until the
 batch holds `max_batch` sentences or the first request has waited `max_wait` seconds. Under
-load it waits longer, for as many requests as the last batch had: clients that send again
+load it waits longer, for the clients of the last batch to come back: clients that send again
 once answered (a person at the page, a service's workers) come back together, but spread
 over the milliseconds the event loop takes to answer them, and a decoder batch of 64 costs
 little more than one of 32. That wait is bounded by a quarter of the last batch's
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +55,8 @@ class Batcher:
         self._arrived: asyncio.Event | None = None  # bound to the loop that starts the worker
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._last_requests, self._last_seconds = 0, 0.0  # the last batch's size and time
+        # The last batch: its requests, its decoding time and when it ended (loop time).
+        self._last_requests, self._last_seconds, self._last_end = 0, 0.0, 0.0
 
     def start(self) -> None:
         self._arrived = asyncio.Event()
@@ -80,25 +80,30 @@ class Batcher:
         return await job.future
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             jobs = [job for job in await self._gather() if not job.future.done()]  # not gone
             groups: dict[DecodeConfig, list[_Job]] = {}  # one decoder call per settings
             for job in jobs:
                 groups.setdefault(job.decode, []).append(job)
-            started = time.perf_counter()
+            started = loop.time()
             for decode, group in groups.items():
                 await self._decode(group, decode)
-            self._last_requests, self._last_seconds = len(jobs), time.perf_counter() - started
+            self._last_end = loop.time()
+            self._last_requests, self._last_seconds = len(jobs), self._last_end - started
 
     async def _gather(self) -> list[_Job]:
         """The next batch: the oldest request, then more until `max_batch` sentences or
         until it has waited `max_wait` (time spent waiting for the decoder counts), or,
-        while fewer requests than the last batch's have come, a quarter of its decoding time."""
+        while the clients just answered have not all come back, a quarter of the last
+        batch's decoding time."""
         while not self._jobs:
             self._arrived.clear()
             await self._arrived.wait()
         loop = asyncio.get_running_loop()
-        expected = len(self._jobs) + self._last_requests  # the waiting, and those just answered
+        # Those that queued while the last batch decoded, and its clients, coming back (a
+        # request that came after it ended may be one of them: not counted twice).
+        expected = sum(job.arrived < self._last_end for job in self._jobs) + self._last_requests
         taken = [self._jobs.popleft()]
         size = len(taken[0].texts)
         deadline = taken[0].arrived + self.max_wait

@@ -147,6 +147,13 @@ def test_clients_coming_back_after_their_answer_are_waited_for_and_batched_again
     assert [texts for texts, _ in calls] == [["c0", "c1"], ["c0'", "c1'"]]
 
 
+def test_a_lone_client_is_not_held_waiting_for_others() -> None:
+    calls = []  # its own earlier request is the only one the last batch answered
+    (sent,) = closed_loop(Batcher(slow_stand_in(calls, 0.4), 64, 0.01), [0.0])
+    assert [texts for texts, _ in calls] == [["c0"], ["c0'"]]
+    assert calls[1][1] - sent < 0.05  # max_wait (0.01), not a quarter of 0.4
+
+
 def test_the_wait_for_coming_back_clients_is_a_quarter_of_the_last_decoding_time() -> None:
     calls = []  # c1 does not come back: c0' waits for it 0.1 s (a quarter of 0.4), not more
     (sent,) = closed_loop(Batcher(slow_stand_in(calls, 0.4), 64, 0.01), [0.0, None])
