@@ -111,13 +111,18 @@ def serving_defaults(
     translator: Translator, limits: Limits, precision: DecodePrecision | None
 ) -> DecodeConfig:
     """The settings of a request that sets none; refused at start if over the limits.
-    The models are prepared for them now (inference.py), not in the first request."""
+    The models are prepared for them and warmed up now, not in the first requests."""
     defaults = translator.decode.updated(batch_size=limits.max_batch, precision=precision)
     try:
         request_decode(defaults, TranslateRequest(), limits)
     except RequestError as error:
         raise UserError(f"the model's default decoding settings: {error}") from None
-    translator.searchable(defaults)
+    # A full batch of sentences of 1 to 32 words: the first decoder calls after start set
+    # up kernels and memory for each batch shape they meet (a fresh server's first
+    # batches took 2-3 s under load, later ones 0.75 s; docs/performance.md).
+    translator.translate_nbest(
+        [" ".join(["ein"] * (1 + i % 32)) for i in range(limits.max_batch)], defaults
+    )
     return defaults
 
 

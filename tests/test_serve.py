@@ -363,6 +363,20 @@ def test_health_info_page_and_openapi(client: TestClient, toy_translator: Transl
     assert "/translate" in client.get("/openapi.json").json()["paths"]
 
 
+def test_the_server_warms_up_with_a_full_batch_at_start(
+    toy_translator: Translator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls, translate = [], toy_translator.translate_nbest
+
+    def recorded(texts: list[str], decode: DecodeConfig):
+        calls.append((len(texts), decode.batch_size))
+        return translate(texts, decode)
+
+    monkeypatch.setattr(toy_translator, "translate_nbest", recorded)
+    create_app(toy_translator, LIMITS)
+    assert calls == [(LIMITS.max_batch, LIMITS.max_batch)]
+
+
 def test_default_settings_over_the_limits_are_refused(toy_translator: Translator) -> None:
     with pytest.raises(UserError, match="beam 5 is over this server's limit 2"):
         create_app(toy_translator, Limits(max_beam=2))
