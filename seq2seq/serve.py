@@ -349,20 +349,19 @@ def listen(host: str, port: int) -> socket.socket:
     waited for the client's delayed ACK of its headers, 40 ms per request on a kept-alive
     connection."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock: socket.socket | None = None
     try:
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    except OSError as error:
-        raise UserError(f"cannot listen on {host} port {port}: {error.strerror or error}") from None
-    try:
         if os.name == "posix":  # as create_server: a restarted server can bind at once
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen()
+        return sock
     except (OSError, OverflowError) as error:
-        sock.close()
+        if sock is not None:
+            sock.close()
         reason = getattr(error, "strerror", None) or error
         raise UserError(f"cannot listen on {host} port {port}: {reason}") from None
-    return sock
 
 
 def run(
