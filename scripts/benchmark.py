@@ -240,16 +240,18 @@ def main() -> None:
         "--gates", nargs="*", default=[], choices=["se", "cbam"], help="also time gated encoders"
     )
     args = parser.parse_args()
-    tune_malloc()  # the allocator the command line runs with (docs/memory.md)
     torch.set_num_threads(args.threads)
     random.seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads")
+    # Each with the allocator its command runs with (docs/memory.md): translation with
+    # glibc's default, training with `tune_malloc`'s settings, which last to the exit.
+    if args.checkpoint:
+        benchmark_translation(args.checkpoint, args.data, args.sentences, args.repeats)
     if not args.skip_training:
+        tune_malloc()
         benchmark_training(
             load_config(args.config), args.data, args.windows, args.window_batches, args.gates
         )
-    if args.checkpoint:
-        benchmark_translation(args.checkpoint, args.data, args.sentences, args.repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {peak:.0f} MB")
 

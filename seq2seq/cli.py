@@ -108,6 +108,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a model: best.pt, last.pt, config.yaml, metrics.jsonl, curves.png in the run folder."""
+    tune_malloc()  # before torch starts its threads; training only: docs/memory.md
     from seq2seq.training import Diverged, Interrupted, resolve_run
     from seq2seq.training import train as run_training
 
@@ -472,7 +473,6 @@ def _score_file(lines: list[str], references: list[str], translator, lang: str):
 
 
 def main() -> None:
-    tune_malloc()  # before torch starts its threads: docs/memory.md
     try:
         code = app(standalone_mode=False)
     except UserError as error:

@@ -1,5 +1,5 @@
-"""The glibc malloc settings: applied at the command line's start-up on glibc only, and
-never over a setting the user made with glibc's own environment variable."""
+"""The glibc malloc settings: applied when `train` starts, on glibc only, and never over a
+setting the user made with glibc's own environment variable."""
 
 from __future__ import annotations
 
@@ -42,10 +42,24 @@ def test_nothing_is_applied_without_glibc(monkeypatch: pytest.MonkeyPatch) -> No
     assert allocator.tune_malloc() == []
 
 
-def test_the_command_line_applies_them_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("command", "applies"),
+    [
+        (["train", "--config", "missing.yaml"], True),
+        (["translate", "--model", "missing.pt"], False),
+        (["evaluate", "--model", "missing.pt", "--src", "a", "--ref", "b"], False),
+        (["serve", "--model", "missing.pt"], False),
+    ],
+)
+def test_training_applies_them_and_decoding_does_not(
+    monkeypatch: pytest.MonkeyPatch, command: list[str], applies: bool
+) -> None:
+    """A fixed 1 MiB mmap threshold bounds training's memory but costs decoding at batch 64
+    a third of its speed (every [64,V] tensor a fresh mapping): docs/memory.md."""
     calls = []
     monkeypatch.setattr(cli, "tune_malloc", lambda: calls.append(True) or [])
-    monkeypatch.setattr(sys, "argv", ["seq2seq", "--help"])
-    with pytest.raises(SystemExit):
+    monkeypatch.setattr(sys, "argv", ["seq2seq", *command])
+    with pytest.raises(SystemExit) as exit:
         cli.main()
-    assert calls == [True]
+    assert exit.value.code == 2, "the missing file is refused"
+    assert calls == ([True] if applies else [])

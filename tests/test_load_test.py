@@ -23,7 +23,9 @@ def test_the_load_test_reports_a_small_run(
         assert (run["requests"], run["errors"]) == (7, 0)
         assert 0 < run["p50_ms"] <= run["p99_ms"] and run["sentences_per_s"] > 0
         assert run["server_peak_rss_mb"] > 50  # torch alone takes more
-    assert report["offline_batch_64"]["sentences"] == 7
+    offline = report["offline_batch_64"]
+    assert offline["sentences"] == 7
+    assert offline["sentences_per_s"] > 0 and offline["in_order_sentences_per_s"] > 0
 
 
 def test_the_load_test_stays_on_this_machine() -> None:
