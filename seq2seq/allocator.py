@@ -12,7 +12,7 @@ small blocks, and its free top is returned above 1 MiB.
 `tune_malloc` applies this once, when `train` starts, on glibc only; a setting the user
 made with glibc's environment variable (MALLOC_MMAP_THRESHOLD_...) is left as the user
 made it. Decoding (translate, evaluate, serve) keeps glibc's default: at batch 64 its
-per-step [64,V] tensors would each be a fresh mapping, a third slower for 90 MB less.
+per-step [64,V] tensors would each be a fresh mapping: a third slower, for 18-97 MB less.
 """
 
 from __future__ import annotations

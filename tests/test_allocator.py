@@ -59,7 +59,7 @@ def test_training_applies_them_and_decoding_does_not(
     calls = []
     monkeypatch.setattr(cli, "tune_malloc", lambda: calls.append(True) or [])
     monkeypatch.setattr(sys, "argv", ["seq2seq", *command])
-    with pytest.raises(SystemExit) as exit:
+    with pytest.raises(SystemExit) as stopped:
         cli.main()
-    assert exit.value.code == 2, "the missing file is refused"
+    assert stopped.value.code == 2, "the missing file is refused"
     assert calls == ([True] if applies else [])
