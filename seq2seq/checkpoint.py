@@ -5,14 +5,17 @@ the payload's keys; the rest of the package sees a `Bundle` (config, model, both
 A checkpoint holds only tensors, numbers, strings, lists and dicts, and is always
 opened with `torch.load(weights_only=True)`: opening one can never run code. What a
 crafted file could still do is checked before it costs anything: entries that would
-inflate beyond the file (a zip bomb), tokenizer names that are not spaCy's (spacy.load
-imports the package it is given), weights that are NaN or infinite, and a config whose
-sizes disagree with the weights (it would allocate a model of its own size first).
+inflate beyond the file (a zip bomb), tensors that repeat or share their storage (a model
+larger than the file), tokenizer names that are not spaCy's (spacy.load imports the
+package it is given), weights that are NaN or infinite, and a config whose sizes disagree
+with the weights (it would allocate a model of its own size first).
 Saves are atomic: temporary file in the same folder, flush, fsync, rename.
 
 Payload: format, format_version, config (Config.model_dump()), vocab {src, trg: itos},
 tokenizer (tokenizer_state), model (state_dict), step, validation, and in last.pt
 training {optimizer, scheduler, scaler, progress, rng}; an average adds averaged_from.
+A model folder or Hub id (model_folder.py: safetensors and JSON) gives the same payload,
+without training state, and passes the same checks.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -29,12 +33,13 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from seq2seq.config import Config, config_from_dict
+from seq2seq.config import Config, check_spacy_name, config_from_dict
 from seq2seq.errors import UserError
 from seq2seq.files import write_atomic
 from seq2seq.model import Seq2Seq
+from seq2seq.model_folder import SavedModel, is_model_folder, read_model_folder
 from seq2seq.text import TextSide
-from seq2seq.tokenizer import is_spacy_name, make_tokenizers, tokenizer_state
+from seq2seq.tokenizer import make_tokenizers, tokenizer_state
 from seq2seq.vocab import Vocabulary
 
 FORMAT = "seq2seq-checkpoint"
@@ -54,6 +59,10 @@ def load_checkpoint(
     `mmap` maps the tensors from the file instead of reading them: pages are read as they
     are used, and processes that open the same model share them."""
     path = Path(path)
+    if is_model_folder(path):  # nothing to unpickle there
+        payload = _payload(read_model_folder(path))
+        _check_contents(payload, path)
+        return payload
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     _check_archive(path)
@@ -79,6 +88,7 @@ def load_checkpoint(
             f"{path}: checkpoint format {version} is newer than this seq2seq reads "
             f"({FORMAT_VERSION}); upgrade seq2seq"
         )
+    _check_storage(payload, path)
     _check_contents(payload, path)
     return payload
 
@@ -106,22 +116,59 @@ def _check_archive(path: Path) -> None:
         )
 
 
+def _check_storage(payload: dict[str, Any], path: Path) -> None:
+    """Tensors that hold their elements, and no more of them than the file holds.
+
+    A tensor is a view of a storage. A view expanded from a tiny storage (stride 0:
+    torch.zeros(1).expand(16000, 16384)), or many views of one storage, would pass every
+    shape check and then cost its full size in each copy and computation: a file of
+    kilobytes declaring a model of gigabytes. torch.load refuses a view that reaches
+    beyond its storage, so a contiguous view holds its own elements; torch.save writes
+    each storage once, uncompressed, so together they fit in the file."""
+    total = 0
+    for name, tensor in _tensors(payload):
+        if not tensor.is_contiguous():
+            raise UserError(
+                f"{path}: refused: its tensor {name} of shape {tuple(tensor.shape)} is a view "
+                f"with strides {tensor.stride()}, not stored element by element"
+            )
+        total += tensor.numel() * tensor.element_size()
+    size = path.stat().st_size
+    if total > size:
+        raise UserError(
+            f"{path}: refused: its tensors hold {total:,} bytes, more than its {size:,}-byte "
+            "file (views that share storage)"
+        )
+
+
+def _tensors(payload: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(dotted name, tensor) of every tensor in the payload, at any depth (walked with a
+    list rather than recursion: a crafted file may nest lists deeply)."""
+    pending: list[tuple[tuple[object, ...], object]] = [((), payload)]
+    while pending:
+        keys, value = pending.pop()
+        if isinstance(value, torch.Tensor):
+            yield ".".join(map(str, keys)), value
+        elif isinstance(value, dict):
+            pending.extend(((*keys, key), item) for key, item in value.items())
+        elif isinstance(value, (list, tuple)):
+            pending.extend(((*keys, index), item) for index, item in enumerate(value))
+
+
 def _check_contents(payload: dict[str, Any], path: Path) -> None:
-    """Tokenizer names that spacy.load may import, and finite weights."""
+    """Tokenizer names that spacy.load may import, and finite floating-point weights."""
     names = payload.get("tokenizer")
     for side in ("src", "trg") if isinstance(names, dict) else ():
-        if not is_spacy_name(names.get(side)):
-            raise UserError(
-                f"{path}: refused: tokenizer.{side} {names.get(side)!r} is not a spaCy "
-                "language or pipeline name (such as blank:de or de_core_news_sm)"
-            )
+        try:
+            check_spacy_name(names.get(side), "pipeline")
+        except ValueError as error:
+            raise UserError(f"{path}: refused: tokenizer.{side} {error}") from None
     weights = payload.get("model")
     for name, tensor in weights.items() if isinstance(weights, dict) else ():
-        if (
-            isinstance(tensor, torch.Tensor)
-            and tensor.is_floating_point()
-            and not bool(torch.isfinite(tensor).all())
-        ):
+        if isinstance(tensor, torch.Tensor) and not tensor.is_floating_point():
+            kind = str(tensor.dtype).removeprefix("torch.")
+            raise UserError(f"{path}: refused: its weights {name} are {kind}, not floating point")
+        if isinstance(tensor, torch.Tensor) and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"{path}: refused: its weights {name} hold NaN or infinite values")
 
 
@@ -280,6 +327,32 @@ def saved_tokenizers(payload: dict[str, Any]) -> dict[str, Any]:
 
 def saved_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     return payload["model"]
+
+
+def saved_model(payload: dict[str, Any]) -> SavedModel:
+    """What a model folder holds of a payload: all but the training state."""
+    return SavedModel(
+        payload["config"],
+        payload["vocab"],
+        payload["tokenizer"],
+        payload["model"],
+        payload.get("step"),
+        payload.get("validation"),
+    )
+
+
+def _payload(model: SavedModel) -> dict[str, Any]:
+    """The payload of a model read from a model folder."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config,
+        "vocab": model.vocab,
+        "tokenizer": model.tokenizer,
+        "model": model.weights,
+        "step": model.step,
+        "validation": model.validation,
+    }
 
 
 def saved_training(payload: dict[str, Any]) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ Messages go through `console` (--quiet, --verbose); results go to stdout or a fi
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, NoReturn
@@ -18,7 +19,7 @@ import typer
 from seq2seq import console
 from seq2seq.allocator import tune_malloc
 from seq2seq.config import DecodePrecision, Device
-from seq2seq.errors import UserError, to_stderr
+from seq2seq.errors import Terminated, UserError, raise_terminated, to_stderr
 
 app = typer.Typer(
     help="Train, run and score attention-based GRU neural machine translation models.",
@@ -106,6 +107,15 @@ def train(
     overwrite: Annotated[
         bool, typer.Option(help="Replace a run already in the run folder.")
     ] = False,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            metavar="MODEL",
+            help="Fine-tune: start from this model's weights, tokenizers and vocabularies "
+            "(a .pt, a model folder or hf:ORG/NAME; overrides train.init_from).",
+        ),
+    ] = None,
 ) -> None:
     """Train a model: best.pt, last.pt, config.yaml, metrics.jsonl, curves.png in the run folder."""
     tune_malloc()  # before torch starts its threads; training only: docs/memory.md
@@ -114,7 +124,7 @@ def train(
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
-    resolved = resolve_run(config, set_ or [], run_dir, resume)
+    resolved = resolve_run(config, set_ or [], run_dir, resume, init_from)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
     try:
         folder = run_training(resolved, overwrite=overwrite, resume=resume)
@@ -155,19 +165,25 @@ def plot(
 ) -> None:
     """Draw a run's training curves (loss, perplexity, BLEU) into RUN_DIR/curves.png; while
     the run trains (and redraws that file itself), into RUN_NAME-curves.png here."""
+    from seq2seq import textio
     from seq2seq.plots import plot_run
     from seq2seq.run_folder import RunFolder
 
-    if output is None and RunFolder(run_dir).training():
+    folder = RunFolder(run_dir)
+    textio.check_output(output, [folder.metrics])
+    if output is None and folder.training():
         output = Path(f"{run_dir.resolve().name}-curves.png")
-    typer.echo(str(plot_run(run_dir, output)))
+    textio.print_result(str(plot_run(run_dir, output)))
 
 
 @app.command()
 def average(
     sources: Annotated[
         list[Path],
-        typer.Argument(help="A run folder (its kept ckpt-step*.pt files) or checkpoint files."),
+        typer.Argument(
+            help="A run folder (its kept ckpt-step*.pt files), checkpoint files, model "
+            "folders or Hub ids (hf:ORG/NAME[@REVISION])."
+        ),
     ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Averaged checkpoint to write (a file).")
@@ -176,6 +192,8 @@ def average(
     """Average the weights of several checkpoints into one self-contained checkpoint."""
     from seq2seq import textio
     from seq2seq.checkpoint import average_checkpoints, save_checkpoint
+    from seq2seq.hub import is_hub_id, local_folder
+    from seq2seq.model_folder import CONFIG
     from seq2seq.run_folder import RunFolder
     from seq2seq.textio import is_standard
 
@@ -183,7 +201,9 @@ def average(
         raise UserError("--output -: a checkpoint is binary and goes to a file, not stdout")
     paths: list[Path] = []
     for source in sources:
-        if source.is_dir():
+        if is_hub_id(source):  # its folder in the cache: the same-file check compares paths
+            paths.append(local_folder(source))
+        elif source.is_dir() and not (source / CONFIG).is_file():
             found = RunFolder(source).all_kept()
             if not found:
                 raise UserError(
@@ -193,6 +213,9 @@ def average(
         else:
             paths.append(source)
     textio.check_output(output, paths)
+    RunFolder(Path(os.path.realpath(output)).parent).refuse_while_training(
+        "write the average elsewhere"
+    )
     if len(paths) == 1:
         console.warn(f"{paths[0]} is the only checkpoint: the average is a copy of its weights")
     console.detail(f"averaging {len(paths)} checkpoints")  # with --verbose: scripts/memory.py
@@ -200,13 +223,54 @@ def average(
     console.info(f"averaged {len(paths)} checkpoints into {output}")
 
 
+@app.command()
+def export(
+    model: Annotated[
+        Path, typer.Argument(help="Checkpoint (.pt), model folder or Hub id hf:ORG/NAME.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
+    dtype: Annotated[
+        Literal["float32", "float16", "bfloat16"],
+        typer.Option(help="How the weights are stored (they are read back as float32)."),
+    ] = "float32",
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate",
+            help="Score the written folder on the model's test split (data.test), greedy "
+            "and with its beam, and put the scores in the model card.",
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the test split is (default: the model's data.dir)."),
+    ] = None,
+    license: Annotated[
+        str | None,
+        typer.Option(help="The model card's license id (default: other; see the card)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a model folder already at --output.")
+    ] = False,
+) -> None:
+    """Write a model as a folder: config.json, model.safetensors, tokenizer files and a
+    Hugging Face model card (README.md); --model takes the folder wherever it takes a .pt."""
+    from seq2seq.export import export as run_export
+    from seq2seq.textio import is_standard
+
+    if is_standard(output):
+        raise UserError("--output -: a model folder is a folder, not stdout")
+    run_export(model, output, dtype, evaluate, data_dir, license, overwrite)
+
+
 ModelOption = Annotated[
     list[Path],
     typer.Option(
         "--model",
         "-m",
-        metavar="CHECKPOINT",
-        help="Checkpoint (.pt) to use; repeat it to decode with an ensemble.",
+        metavar="MODEL",
+        help="Checkpoint (.pt), model folder or Hub id (hf:ORG/NAME[@REVISION]) to use; "
+        "repeat it to decode with an ensemble.",
     ),
 ]
 BeamOption = Annotated[
@@ -312,17 +376,16 @@ def translate(
     """Translate one sentence per line: exactly one output line per input line, in order
     (N lines with --nbest N). Reads and writes in batches as lines arrive."""
     from seq2seq import textio
+    from seq2seq.corpus import STDIN
+    from seq2seq.files import make_folder
 
-    textio.check_output(output, [input, *model])
+    textio.check_output(output, [input or Path(STDIN), *model])
     translator, decode = _translator(
         model, device, beam, alpha, replace_unk, batch_size, precision, nbest
     )
     lines, name, interactive = textio.input_lines(input)
     if plot_attention:
-        try:
-            plot_attention.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"{plot_attention}: cannot create: {error.strerror or error}") from None
+        make_folder(plot_attention)
     number = 0  # of the input line, from 1 as editors and messages count
     with textio.output(output) as sink:
         for chunk in textio.chunks(lines, 1 if interactive else decode.batch_size):
@@ -348,8 +411,9 @@ def evaluate(
         typer.Option(
             "--model",
             "-m",
-            metavar="CHECKPOINT",
-            help="Checkpoint (.pt) to translate the sources with; repeat it for an ensemble.",
+            metavar="MODEL",
+            help="Checkpoint (.pt), model folder or Hub id to translate the sources with; "
+            "repeat it for an ensemble.",
         ),
     ] = None,
     src: Annotated[Path | None, typer.Option(help="Source sentences, aligned with --ref.")] = None,
@@ -397,7 +461,7 @@ def evaluate(
         if output:
             with textio.output(output) as sink:
                 sink.writelines(t.text + "\n" for t in result.translations)
-    typer.echo(textio.strict_json(textio.rounded(record)) if as_json else report)
+    textio.print_result(textio.strict_json(textio.rounded(record)) if as_json else report)
 
 
 def _evaluation_text(
@@ -451,14 +515,41 @@ def serve(
     max_nbest: Annotated[
         int, typer.Option(min=1, help="Largest nbest a request may ask for.")
     ] = 10,
+    max_translations: Annotated[
+        int, typer.Option(min=1, help="Most translations (texts x nbest) in one answer.")
+    ] = 256,
+    max_attention: Annotated[
+        int, typer.Option(min=1, help="Most translations in one answer with attention.")
+    ] = 10,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds a client has to send a request's headers, then its body."
+        ),
+    ] = 10.0,
+    grace: Annotated[
+        float,
+        typer.Option(min=0.0, help="Seconds the requests in flight have to finish after SIGTERM."),
+    ] = 10.0,
     precision: PrecisionOption = None,
 ) -> None:
     """Serve translations over HTTP: POST /translate, GET /health, GET /info, a page at /.
     Concurrent requests are decoded together in batches; SIGTERM or Ctrl-C stops the server
-    after the requests in flight are answered."""
+    once the requests in flight are answered, or --grace seconds have passed."""
     from seq2seq.serve import Limits, run
 
-    limits = Limits(max_chars, max_texts, max_beam, max_nbest, max_batch, max_wait_ms)
+    limits = Limits(
+        max_chars=max_chars,
+        max_texts=max_texts,
+        max_beam=max_beam,
+        max_nbest=max_nbest,
+        max_translations=max_translations,
+        max_attention=max_attention,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        request_timeout=request_timeout,
+        grace=grace,
+    )
     run(model, host, port, device, limits, precision)
 
 
@@ -473,6 +564,15 @@ def _score_file(lines: list[str], references: list[str], translator, lang: str):
 
 
 def main() -> None:
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        _run()
+    finally:  # main() called in a process that goes on (tests) leaves it as it was
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run() -> NoReturn:
+    """The command, and its exit status: 2 for a user error, 1 for a bug, 128 + signal."""
     try:
         code = app(standalone_mode=False)
     except UserError as error:
@@ -487,9 +587,15 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         to_stderr("interrupted\n")
         sys.exit(130)
+    except Terminated:
+        to_stderr("stopped by SIGTERM\n")
+        sys.exit(128 + signal.SIGTERM)
     except Exception as error:  # a bug: short message, traceback with --debug
         if _debug:
             raise
+        if isinstance(error, OSError) and error.filename is not None:
+            # the system refused a file: no permission, a read-only disk: not a bug
+            _fail(f"{error.filename}: {error.strerror or error}")
         to_stderr(f"internal error: {type(error).__name__}: {error} (rerun with --debug)\n")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

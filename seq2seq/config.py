@@ -33,7 +33,33 @@ DecodePrecision = Literal["fp32", "bf16", "int8"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinity and NaN pass every range check (NaN compares false with any bound) and
+    # would reach the optimizer, the length penalty or a timer: no setting may hold them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+BLANK_PREFIX = "blank:"
+# The spaCy names a config or a checkpoint may give, the one allow-list on the way to an
+# import: spacy.load imports an installed package of the name it is given, spacy.blank
+# imports spacy.lang.<lang>, and importlib.util.find_spec imports each package along a
+# dotted name. A language is a plain code; a pipeline is blank:<language> or a pipeline
+# package <language>_<kind>_<genre>_<size> (de_core_news_sm).
+_LANGUAGE = "[a-z]{2,3}"
+SPACY_NAMES = {
+    "language": (re.compile(_LANGUAGE), "a code such as de"),
+    "pipeline": (
+        re.compile(rf"{BLANK_PREFIX}{_LANGUAGE}|{_LANGUAGE}_[a-z]+_[a-z]+_(sm|md|lg|trf)"),
+        "blank:<language> or a pipeline package such as de_core_news_sm",
+    ),
+}
+
+
+def check_spacy_name(name: object, kind: Literal["language", "pipeline"]) -> str:
+    """`name` when spaCy may be given it as a `kind`; else a ValueError saying what may."""
+    pattern, shapes = SPACY_NAMES[kind]
+    if not (isinstance(name, str) and pattern.fullmatch(name)):
+        raise ValueError(f"{name!r} is not a spaCy {kind} name ({shapes})")
+    return name
 
 
 class DataConfig(Section):
@@ -52,8 +78,9 @@ class DataConfig(Section):
     test: str = "test_2016_flickr"
     lowercase: bool = False
     src_pipeline: str | None = None
-    """spaCy pipeline package whose tokenizer to use (e.g. de_core_news_sm); when it is
-    not installed, or None, `spacy.blank(src_lang)` gives the same rule-based tokenizer."""
+    """spaCy pipeline package whose tokenizer to use (e.g. de_core_news_sm), or
+    blank:<language>; when it is not installed, or None, `spacy.blank(src_lang)` gives the
+    same rule-based tokenizer."""
     trg_pipeline: str | None = None
     max_length: int = Field(100, gt=0)
     """Training pairs with more tokens than this on either side are skipped (and counted)."""
@@ -61,9 +88,15 @@ class DataConfig(Section):
     @field_validator("src_lang", "trg_lang")
     @classmethod
     def _spacy_knows_language(cls, lang: str) -> str:
+        check_spacy_name(lang, "language")  # before anything imports a module named by it
         if not (spacy_has_language_folder(lang) or spacy_finds_language(lang)):
             raise ValueError(f"spaCy has no language {lang!r}")
         return lang
+
+    @field_validator("src_pipeline", "trg_pipeline")
+    @classmethod
+    def _spacy_may_load_pipeline(cls, pipeline: str | None) -> str | None:
+        return None if pipeline is None else check_spacy_name(pipeline, "pipeline")
 
     @model_validator(mode="after")
     def _download_fits_the_format(self) -> DataConfig:
@@ -77,26 +110,24 @@ def spacy_has_language_folder(lang: str) -> bool:
     which takes about a second (every config and checkpoint is validated, and a subword
     model translates without spaCy)."""
     spec = importlib.util.find_spec("spacy")
-    if spec is None or not re.fullmatch(r"[a-z]{2,3}", lang):
+    if spec is None:
         return False
     folders = spec.submodule_search_locations or []
     return any((Path(folder) / "lang" / lang / "__init__.py").is_file() for folder in folders)
 
 
 def spacy_finds_language(lang: str) -> bool:
-    """Where spacy.util.get_lang_class looks (registered languages, spacy.lang.<lang>, a
-    matching code such as en-US), without importing the language: that takes seconds for
-    some (French)."""
+    """Where spacy.util.get_lang_class looks (registered languages, spacy.lang.<lang>, an
+    alias such as fra for fr), without importing the language: that takes seconds for
+    some (French). `lang` is a plain code (check_spacy_name): find_spec imports nothing
+    beyond spacy.lang."""
     import spacy.util
 
-    try:
-        return (
-            lang in spacy.util.registry.languages
-            or importlib.util.find_spec(f"spacy.lang.{lang}") is not None
-            or spacy.util.find_matching_language(lang) is not None
-        )
-    except (ImportError, ValueError):  # e.g. a dot in `lang` names a missing package
-        return False
+    return (
+        lang in spacy.util.registry.languages
+        or importlib.util.find_spec(f"spacy.lang.{lang}") is not None
+        or spacy.util.find_matching_language(lang) is not None
+    )
 
 
 class VocabConfig(Section):
@@ -182,6 +213,11 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     run_dir: str = "runs/multi30k_de_en"
+    init_from: str | None = None
+    """Fine-tuning: a trained model (a .pt checkpoint, a model folder or a Hub id
+    hf:ORG/NAME[@REVISION]) whose weights, tokenizers and vocabularies a new run starts
+    from; its model and text settings replace this config's (said once). The optimizer,
+    schedule and step count start fresh."""
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(128, gt=0)
     batch_unit: Literal["sentences", "tokens"] = "sentences"
@@ -237,23 +273,27 @@ class TrainConfig(Section):
 class DecodeConfig(Section):
     """How `translate` and `evaluate` decode (validation during training is greedy)."""
 
-    beam_size: int = Field(5, gt=0)
+    # Every setting that sets how long or how wide a search runs has a generous cap: a
+    # checkpoint, a --set or a request could otherwise make one sentence decode for hours
+    # (the longest output is max_length_ratio * max_source_length + max_length_offset).
+    beam_size: int = Field(5, gt=0, le=64)
     """1 is greedy search."""
-    alpha: float = Field(0.6, ge=0.0)
-    """GNMT length penalty ((5 + length) / 6) ** alpha; 0 ranks by summed log-probability."""
+    alpha: float = Field(0.6, ge=0.0, le=10.0)
+    """GNMT length penalty ((5 + length) / 6) ** alpha; 0 ranks by summed log-probability.
+    Capped where the penalty of the longest output stays a finite float32."""
     replace_unk: bool = False
     """Replace each <unk> in the output with the source token it attends to most."""
-    batch_size: int = Field(64, gt=0)
-    max_length_ratio: float = Field(2.0, gt=0.0)
-    max_length_offset: int = Field(10, ge=0)
+    batch_size: int = Field(64, gt=0, le=4096)
+    max_length_ratio: float = Field(2.0, gt=0.0, le=5.0)
+    max_length_offset: int = Field(10, ge=0, le=500)
     """A translation stops after ratio * source_tokens + offset tokens."""
-    max_source_length: int = Field(250, gt=0)
+    max_source_length: int = Field(250, gt=0, le=1000)
     """Longer inputs are truncated to this many tokens (with a warning)."""
     precision: DecodePrecision = "fp32"
     """bf16 runs the search under bf16 autocast: faster on GPUs and on CPUs with AMX or
     AVX512-BF16, slower elsewhere; scores can differ from fp32 in the last digits. int8
     (CPU only): int8 weights, 2-4x faster at small batches; translations can differ."""
-    nbest: int = Field(1, gt=0)
+    nbest: int = Field(1, gt=0, le=64)
     """Translations returned per sentence, best first; at most beam_size."""
     combine: Literal["probs", "log_probs"] = "log_probs"
     """Ensembles: each step's next-token scores are the mean of the members'
@@ -266,8 +306,7 @@ class DecodeConfig(Section):
         beam_size = info.data.get("beam_size")  # absent when itself invalid
         if beam_size is not None and nbest > beam_size:
             raise ValueError(
-                f"nbest {nbest} (--nbest) needs a beam of at least {nbest} "
-                f"(--beam; beam_size is {beam_size})"
+                f"nbest {nbest} needs a beam of at least {nbest} (the beam is {beam_size})"
             )
         return nbest
 
@@ -281,19 +320,22 @@ class DecodeConfig(Section):
             first = error.errors()[0]
             key = ".".join(str(part) for part in first["loc"])
             message = str(first["msg"]).removeprefix("Value error, ")
-            raise SettingError(f"decode.{key}: {message}", key) from None
+            raise SettingError(key, message) from None
 
 
 class SettingError(UserError):
-    """A bad decoding setting; `key` names it (the server reports it as a request field)."""
+    """A bad decoding setting: `key` names it and `reason` says what is wrong, in words
+    that suit the command line and the server alike (which reports it as a request field)."""
 
-    def __init__(self, message: str, key: str):
-        super().__init__(message)
-        self.key = key
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"decode.{key}: {reason}")
+        self.key, self.reason = key, reason
 
 
 class Config(Section):
-    seed: int = 1234
+    seed: int = Field(1234, ge=0, lt=2**32)
+    """Seeds every random stream (mixed with the rank, the epoch, the step: kept small
+    enough that those sums fit torch's 64-bit seeds)."""
     data: DataConfig = DataConfig()
     vocab: VocabConfig = VocabConfig()
     model: ModelConfig = ModelConfig()
@@ -305,8 +347,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML config (`-`: stdin), apply `key.path=value` overrides and validate it."""
     text, name = _config_text(path)
     try:
-        root = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        root, raw = _parsed_yaml(text, name)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
@@ -319,6 +360,43 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for override in overrides:
         _apply_override(raw, override)
     return config_from_dict(raw, source=name, yaml_root=root, overrides=overrides)
+
+
+def _parsed_yaml(text: str, name: str) -> tuple[yaml.Node | None, Any]:
+    """(the composed document, for line numbers; its data), a key repeated in a mapping
+    refused (`name` is the source that messages give)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        _check_unique_keys(root, name, "", set())
+        return root, None if root is None else loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _check_unique_keys(node: yaml.Node | None, name: str, prefix: str, seen: set[int]) -> None:
+    """Refuse a key given twice in one mapping, at any depth: YAML would keep the last one
+    without a word, and a second `train:` section would reset every key the first set.
+    `seen` holds the nodes already checked (an alias repeats, or contains, its anchor)."""
+    if node is None or id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_unique_keys(item, name, prefix, seen)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[tuple[str, str], int] = {}
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in first:
+                raise UserError(
+                    f"{name}:{line}: duplicate key '{prefix}{key.value}' "
+                    f"(first at line {first[key.tag, key.value]})"
+                )
+            first[key.tag, key.value] = line
+        _check_unique_keys(value, name, f"{prefix}{key.value}.", seen)
 
 
 def _config_text(path: str | Path) -> tuple[str, str]:
@@ -373,10 +451,18 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             raise UserError(f"--set {override!r}: '{part}' is not a section")
         node = child
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = _parsed_yaml(value_text, f"--set {override!r}")[1] if value_text.strip() else None
     except yaml.YAMLError:
         value = value_text
-    node[parts[-1]] = value
+    node[parts[-1]] = _merged(node.get(parts[-1]), value)
+
+
+def _merged(old: Any, new: Any) -> Any:
+    """`new` over `old`: a mapping sets only the keys it names, as a file does over the
+    defaults, so `--set 'train={epochs: 1}'` keeps the section's other settings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{key: _merged(old.get(key), value) for key, value in new.items()}}
+    return new
 
 
 def _closest_key(key_path: list[str]) -> str:

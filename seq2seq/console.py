@@ -1,5 +1,5 @@
 """What a person sees on stderr: messages at the chosen verbosity (`--quiet`,
-`--verbose`), progress bars only on a terminal, and a transcript of training's messages
+`--verbose`), progress bars on a terminal or progress lines elsewhere, and a transcript of training's messages
 in the run folder (train.log).
 
 Results never go through here: they go to stdout or to a file.
@@ -52,7 +52,17 @@ def warn(message: str) -> None:
 def progress_enabled() -> bool:
     """Progress bars redraw a line, which only a terminal shows well; a log file or a
     pipe would fill with their frames."""
-    return _verbosity >= NORMAL and sys.stderr.isatty()
+    return _verbosity >= NORMAL and _on_terminal()
+
+
+def progress_line(message: str) -> None:
+    """Where no progress bar is drawn (stderr is a file or a pipe), a line now and then
+    says that the work goes on; unless --quiet. Always in the transcript."""
+    _show(message, _verbosity >= NORMAL and not _on_terminal(), transcribe=True)
+
+
+def _on_terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def start_transcript(path: Path) -> None:

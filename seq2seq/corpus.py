@@ -19,6 +19,7 @@ import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from seq2seq.config import DataConfig
 from seq2seq.errors import UserError
@@ -28,21 +29,25 @@ TSV_SUFFIXES = (".tsv", ".tsv.gz")
 
 
 def iter_lines(path: str | Path) -> Iterator[str]:
-    """Yield the lines of a text file without their line ending; invalid UTF-8 names file:line."""
+    """Yield the lines of a text file without their line ending; invalid UTF-8 names file:line.
+    Any readable path but a folder is read once, from start to end: a named pipe, `<(cmd)`
+    and /dev/stdin as well as a file."""
     if str(path) == STDIN:
         yield from _stdin_lines()
         return
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
     number = 0
     try:
-        with opener(path, "rb") as handle:
-            for number, raw in enumerate(without_bom(handle), 1):
-                yield decode_line(raw, f"{path}:{number}")
+        with open(path, "rb") as raw:
+            handle = gzip.open(raw) if path.suffix == ".gz" else raw
+            for number, line in enumerate(without_bom(handle), 1):
+                yield decode_line(line, f"{path}:{number}")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise UserError(f"{path}: damaged gzip file after line {number}: {error}") from None
+    except OSError as error:  # a folder, no permission, a read error
+        raise UserError(f"{path}: cannot read: {error.strerror or error}") from None
 
 
 def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -61,8 +66,15 @@ def name(path: str | Path) -> str:
 
 
 def _stdin_lines() -> Iterator[str]:
-    for number, raw in enumerate(without_bom(sys.stdin.buffer), 1):
+    for number, raw in enumerate(without_bom(stdin()), 1):
         yield decode_line(raw, f"<stdin>:{number}")
+
+
+def stdin() -> BinaryIO:
+    """Standard input's bytes; closed (`<&-`) is a UserError, not a crash."""
+    if sys.stdin is None:
+        raise UserError("<stdin>: closed; pipe the text in or name a file")
+    return sys.stdin.buffer
 
 
 def decode_line(raw: bytes, where: str) -> str:

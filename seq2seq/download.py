@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from seq2seq import console
 from seq2seq.errors import UserError
+from seq2seq.files import make_folder
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
 MULTI30K_LANGUAGES = ("de", "en", "fr", "cs")
@@ -61,7 +62,7 @@ def download_multi30k(
     dataset's repository). Returns their paths."""
     base_url = base_url or os.environ.get("SEQ2SEQ_MULTI30K_URL") or MULTI30K_URL
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    make_folder(dest)
     paths = []
     for name in multi30k_files(languages):
         path = dest / name

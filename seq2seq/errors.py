@@ -5,10 +5,22 @@ anything else is a bug (exit 1, traceback only with --debug).
 """
 
 import sys
+from typing import NoReturn
 
 
 class UserError(Exception):
     """Bad input from the user: a missing file, a bad config key, a foreign checkpoint..."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised wherever the program is, as Ctrl-C raises KeyboardInterrupt: the
+    cleanups on the way out run (an output's temp file is removed), and `except
+    Exception` does not stop it."""
+
+
+def raise_terminated(signum: int, frame: object) -> NoReturn:
+    """The SIGTERM handler of the command line (a training installs its own)."""
+    raise Terminated
 
 
 def is_out_of_memory(error: BaseException) -> bool:

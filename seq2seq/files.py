@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -22,7 +23,8 @@ from typing import BinaryIO
 
 from seq2seq.errors import UserError
 
-TEMPORARY = ".*.tmp"  # the glob of every temp file `write_atomic` makes
+# A temp file of `replaced_when_done`: `.{name}.{writer pid}-{8 hex digits}.tmp`.
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<writer>\d+)-[0-9a-f]{8}\.tmp")
 
 
 class WriteFailed(UserError):
@@ -43,13 +45,14 @@ def replaced_when_done(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     """A binary handle on a temp file that replaces `path` when the block ends, and is
     removed if it raises: an interrupted or failed write leaves the old file as it was.
     A symlink stays one (its target is replaced); a target that is not a regular file
-    (/dev/null, a FIFO) is written directly."""
+    (/dev/null, a FIFO, /dev/stdout on a pipe) is written directly, through the path as
+    given: /dev/stdout's link names a pipe, which no path reaches."""
     target = Path(os.path.realpath(path))
-    remove_orphans(target)
+    remove_orphans(target.parent, target.name)
     temporary = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        if target.exists() and not target.is_file() and not target.is_dir():
-            with open(target, "wb") as handle:
+        if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+            with open(path, "wb") as handle:
                 yield handle
             return
         with open(temporary, "xb") as handle:
@@ -72,12 +75,13 @@ def replaced_when_done(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
         raise WriteFailed(path, f"{cause.strerror or cause}{kept}") from None
 
 
-def remove_orphans(target: Path) -> None:
-    """Remove the temp files of `target` whose writer died before it could (kill -9): a
-    temp file's name carries its writer's process id, and no such process runs."""
-    for orphan in target.parent.glob(f".{glob.escape(target.name)}.*-*.tmp"):
-        writer = orphan.name[len(target.name) + 2 :].split("-")[0]
-        if writer.isdigit() and not is_running(int(writer)):
+def remove_orphans(folder: Path, name: str | None = None) -> None:
+    """Remove the temp files in `folder` (of the file `name`, or of any) whose writer died
+    before it could (kill -9): a temp file's name carries its writer's process id, and no
+    such process runs. Files named otherwise, a user's own `.notes.tmp`, stay."""
+    for orphan in folder.glob(f".{glob.escape(name) if name else '*'}.*-*.tmp"):
+        made = TEMPORARY.fullmatch(orphan.name)
+        if made and name in (None, made["name"]) and not is_running(int(made["writer"])):
             orphan.unlink(missing_ok=True)
 
 
@@ -89,6 +93,15 @@ def is_running(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
+
+
+def make_folder(path: Path) -> None:
+    """`mkdir -p` that names the folder when it cannot be made (a file in the way, no
+    permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{path}: cannot create this folder: {error.strerror or error}") from None
 
 
 def append_line(path: Path, line: str) -> None:

@@ -138,11 +138,13 @@ class Seq2Seq(nn.Module):
 
 @contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (no dropout) inside the block; the previous mode afterwards, also when
-    the block raises (validation runs in the middle of training)."""
-    was_training = model.training
+    """Eval mode (no dropout) inside the block; afterwards every submodule's own previous
+    mode, also when the block raises (validation runs in the middle of training; an
+    ensemble made for one call holds models loaded in eval mode)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training

@@ -28,19 +28,18 @@ def plot_run(run_dir: str | Path, path: Path | None = None) -> Path:
         raise UserError(f"{folder.metrics}: no training records to plot")
 
     figure, (loss_axis, ppl_axis, bleu_axis) = plt.subplots(1, 3, figsize=(15, 4.2))
-    loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
-    loss_axis.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="validation")
+    loss_axis.plot(*_curve(train, "loss"), label="train", lw=1)
+    loss_axis.plot(*_curve(valid, "loss"), "o-", label="validation")
     loss_axis.set(title="cross-entropy per token", xlabel="step", ylabel="loss")
     for key, label in (("perplexity", "gold inputs"), ("free_running_perplexity", "free-running")):
-        points = [(r["step"], r[key]) for r in valid if key in r]
-        ppl_axis.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+        ppl_axis.plot(*_curve(valid, key), "o-", label=label)
     ppl_axis.set(title="validation perplexity", xlabel="step", ylabel="perplexity", yscale="log")
     for key, label in (
         ("bleu", "sacreBLEU"),
         ("chrf", "chrF"),
         ("tokenized_bleu", "tokenized BLEU"),
     ):
-        bleu_axis.plot([r["step"] for r in valid], [r[key] for r in valid], "o-", label=label)
+        bleu_axis.plot(*_curve(valid, key), "o-", label=label)
     bleu_axis.set(title="validation scores (greedy)", xlabel="step", ylabel="score")
     for axis in (loss_axis, ppl_axis, bleu_axis):
         axis.legend()
@@ -54,6 +53,19 @@ def plot_run(run_dir: str | Path, path: Path | None = None) -> Path:
     finally:
         plt.close(figure)
     return path
+
+
+def _curve(records: list[dict], key: str) -> tuple[list[float], list[float | None]]:
+    """(steps, values) of the records that hold a number for `key` at a step; a null (a
+    non-finite value, metrics.jsonl stays JSON) is a gap in the curve, anything else that
+    an edited log may hold is left out."""
+    points = [(r["step"], r[key]) for r in records if _number(r.get("step")) and key in r]
+    points = [(step, value) for step, value in points if value is None or _number(value)]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def plot_attention(translation: Translation, path: str | Path) -> Path:

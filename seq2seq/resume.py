@@ -55,8 +55,8 @@ def config_changes(payload: dict[str, Any], config: Config, last: Path) -> dict[
     """The settings that differ from the run's own -> {key: (old, new)}; a change that a
     resumed run cannot take is refused, naming the key and both values. Decoding settings
     (`decode.*`) are translation defaults and may change."""
-    old = _flatten(saved_config(payload, str(last)).model_dump())
-    new = _flatten(config.model_dump())
+    old = flatten(saved_config(payload, str(last)).model_dump())
+    new = flatten(config.model_dump())
     changes = {key: (old.get(key), new.get(key)) for key in old if old.get(key) != new.get(key)}
     for key, (before, after) in changes.items():
         if key not in RESUMABLE and not key.startswith("decode."):
@@ -67,11 +67,12 @@ def config_changes(payload: dict[str, Any], config: Config, last: Path) -> dict[
     return changes
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dump as dotted keys: {"train": {"epochs": 3}} -> {"train.epochs": 3}."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -4,16 +4,18 @@ before a training starts in it, and which validated checkpoints it keeps. Traini
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import IO, Any
 
 from seq2seq import distributed
 from seq2seq.checkpoint import save_checkpoint
 from seq2seq.errors import UserError
-from seq2seq.files import TEMPORARY
+from seq2seq.files import make_folder, remove_orphans
 
 KEPT_PREFIX = "ckpt-step"
 
@@ -34,19 +36,16 @@ class RunFolder:
     def lock(self) -> None:
         """Hold the folder for this process's life: an advisory lock that the kernel drops
         when the process ends, even by kill -9, so it is never stale."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.lock_file, "a+", encoding="utf-8")
+        make_folder(self.path)
+        handle = self._open_lock(os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = _holder(handle)
             handle.close()
-            raise UserError(
-                f"{self.path} is in use by a training (PID {holder}); wait for it to end, "
-                "or choose another --run-dir"
-            ) from None
+            self.refuse_while_training("wait for it to end, or choose another --run-dir", holder)
         handle.truncate(0)
+        handle.seek(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._lock = handle
@@ -56,16 +55,49 @@ class RunFolder:
             self._lock.close()
             self._lock = None
 
-    def training(self) -> bool:
-        """Whether a training holds the folder now (read-only commands then keep out)."""
-        if not self.lock_file.exists():
-            return False
-        with open(self.lock_file, encoding="utf-8") as handle:
+    def _open_lock(self, flags: int) -> IO[str]:
+        """The lock file, refused unless it is a regular file: through a symlink a
+        training would truncate the link's target, and a FIFO would block."""
+        try:
+            descriptor = os.open(
+                self.lock_file, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644
+            )
+        except OSError as error:
+            link = error.errno == errno.ELOOP
+            reason = "it is a symbolic link; remove it" if link else error.strerror or str(error)
+            raise UserError(f"{self.lock_file}: cannot open the folder's lock: {reason}") from None
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise UserError(
+                f"{self.lock_file}: the run folder's lock is not a regular file; remove it"
+            )
+        return os.fdopen(descriptor, "r+" if flags & os.O_RDWR else "r", encoding="utf-8")
+
+    def training(self) -> str | None:
+        """The process id of the training that holds the folder now, or None (other
+        commands then write elsewhere)."""
+        if not os.path.lexists(self.lock_file):
+            return None
+        with self._open_lock(os.O_RDONLY) as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                return True
-            return False
+                return _holder(handle)
+            return None
+
+    def refuse_while_training(self, advice: str, holder: str | None = None) -> None:
+        """A UserError if a training holds the folder (`holder`, its PID, when known)."""
+        holder = holder or self.training()
+        if holder:
+            raise UserError(f"{self.path} is in use by a training (PID {holder}); {advice}")
+
+    def owns(self, name: str) -> bool:
+        """Whether `name` is one that only this folder's training may write (its config,
+        metrics, log, checkpoints) and the folder holds a run (other than that file)."""
+        kept = name.startswith(KEPT_PREFIX) and name.endswith(".pt")
+        written = (self.config, self.last, self.best, self.metrics, self.log)
+        own = kept or name in {path.name for path in written}
+        return own and any(path.name != name for path in self.files())
 
     def kept(self, step: int) -> Path:
         """The checkpoint kept from the validation at `step` (train.keep_checkpoints)."""
@@ -86,17 +118,32 @@ class RunFolder:
             self.kept(old).unlink(missing_ok=True)
         return written
 
+    def files(self) -> list[Path]:
+        """The files of a run found here: any one makes the folder hold a run, and
+        --overwrite deletes them all (a user's own files stay)."""
+        named = (self.config, self.last, self.best, self.metrics, self.curves, self.log)
+        found = [path for path in (*named, self.tensorboard) if os.path.lexists(path)]
+        return found + self.all_kept()
+
     def check(self, overwrite: bool, resume: bool) -> bool:
         """Whether a training may start here; True when it resumes from last.pt."""
         for path in (self.config, self.last, self.best, self.metrics, self.curves):
             if path.exists() and not path.is_file():
                 raise UserError(f"{path}: is not a regular file; move it out of the run folder")
-        if resume:
-            return self.last.exists()
-        if (self.config.exists() or self.last.exists()) and not overwrite:
+        found = self.files()
+        if resume and self.last.exists():
+            return True
+        if found and not overwrite:
+            names = ", ".join(path.name for path in found[:3]) + ", ..." * (len(found) > 3)
+            if resume:
+                raise UserError(
+                    f"{self.path} holds a run ({names}) but no last.pt to resume from; pass "
+                    "--overwrite to start it again (deleting them), or choose another --run-dir"
+                )
+            resuming = "--resume to continue it, " if self.last.exists() else ""
             raise UserError(
-                f"{self.path} already holds a run; pass --resume to continue it, "
-                "--overwrite to replace it, or choose another --run-dir"
+                f"{self.path} already holds a run ({names}); pass {resuming}--overwrite to "
+                "replace it, or choose another --run-dir"
             )
         return False
 
@@ -111,16 +158,31 @@ class RunFolder:
         return resuming
 
     def prepare(self, resuming: bool) -> None:
-        """Delete what a killed save left behind and, unless resuming, the previous run."""
-        for stale in self.path.glob(TEMPORARY):
-            stale.unlink()
-        if not resuming and self.path.exists():
-            for path in (self.last, self.best, self.config, self.metrics, self.curves, self.log):
-                path.unlink(missing_ok=True)
-            for old in self.all_kept():
-                old.unlink()
-            shutil.rmtree(self.tensorboard, ignore_errors=True)
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Delete what killed saves left behind and, unless resuming, the previous run."""
+        make_folder(self.path)
+        remove_orphans(self.path)
+        for path in [] if resuming else self.files():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def _holder(lock: IO[str]) -> str:
+    """The process id that the training holding the lock wrote into it."""
+    lock.seek(0)
+    return lock.read().strip() or "unknown"
+
+
+def check_not_run_file(path: Path) -> None:
+    """Refuse an output that would replace a run's own file, by any spelling of its path
+    (a link, `./`, `..`): another command's output would destroy the run."""
+    target = Path(os.path.realpath(path))
+    if RunFolder(target.parent).owns(target.name):
+        raise UserError(
+            f"{path}: is {target}, a file of the run in {target.parent}; write the output "
+            "to another file"
+        )
 
 
 def rank_kept(

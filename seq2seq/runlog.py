@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from seq2seq import console
 from seq2seq.files import append_line, write_atomic
 from seq2seq.run_folder import RunFolder
 from seq2seq.textio import strict_json
@@ -46,15 +47,24 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All complete records of a metrics.jsonl (a partial last line is skipped)."""
+    """All complete records of a metrics.jsonl. A partial last line (a kill) is skipped;
+    so is any other line that is not a JSON object (not UTF-8, not JSON, a list), with a
+    warning naming it: a damaged line never stops a resume or a plot."""
     if not path.exists():
         return []
+    lines = path.read_bytes().split(b"\n")  # the last is b"" after a complete line
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number < len(lines):  # not the last, which lacks its "\n" when a kill cut it
+            console.warn(f"{path}:{number}: not a metrics record (a JSON object), skipped")
     return records
 
 

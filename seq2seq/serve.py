@@ -3,13 +3,22 @@
 `create_app(translator, limits)` builds the FastAPI app; `run(...)` serves it with uvicorn.
 Requests are decoded in batches with other requests (`batching.py`). Every error is
 answered as `{"error": "...", "field": "..."}` (field: the request field at fault, or
-null), never with a traceback; the server keeps serving.
+null), never with a traceback; the server keeps serving. What a client sends is bounded
+before it costs memory or time (the body's size while it is read, whatever its transfer
+encoding; the time to send headers and body; the texts, settings and the answer's size),
+and what the server shows is its own: no third-party assets, no server paths
+(docs/serve.md, "Threat model").
 """
 
 from __future__ import annotations
 
+import asyncio
+import difflib
+import ipaddress
+import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -20,6 +29,7 @@ from importlib import metadata, resources
 from pathlib import Path
 
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -27,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from seq2seq import console
 from seq2seq.batching import Batcher
 from seq2seq.config import DecodeConfig, DecodePrecision, SettingError
 from seq2seq.errors import UserError, to_stderr
@@ -46,8 +58,17 @@ class Limits:
     max_texts: int = 64  # texts per request
     max_beam: int = 10
     max_nbest: int = 10
+    # Translations (texts x nbest) per request, and per request that asks for attention:
+    # an answer's size grows with them, with attention by up to (max_source_length + 2)
+    # x (longest output + 1) weights per translation.
+    max_translations: int = 256
+    max_attention: int = 10
     max_batch: int = 64  # sentences per decoder batch
     max_wait_ms: float = 5.0  # how long a request waits for others to share its batch
+    # Seconds a client has to send a request's headers (from connecting, or from its last
+    # answer on a kept-alive connection), and then its body.
+    request_timeout: float = 10.0
+    grace: float = 10.0  # seconds the requests in flight have to finish after SIGTERM
 
     def max_body(self) -> int:
         """Bytes a request body may have: every text at its longest, each character
@@ -134,7 +155,7 @@ def create_app(
     precision: DecodePrecision | None = None,
 ) -> FastAPI:
     """The app serving `translator` (at `precision`, default the model's); `members`
-    names its checkpoints (for GET /info)."""
+    names its checkpoints (for GET /info: file names, never a server's paths)."""
     defaults = serving_defaults(translator, limits, precision)
     batcher = Batcher(translator.translate_nbest, limits.max_batch, limits.max_wait_ms / 1000)
 
@@ -144,12 +165,20 @@ def create_app(
         yield
         await batcher.stop()  # uvicorn gets here once the last request has been answered
 
-    app = FastAPI(title="seq2seq", version=_version("seq2seq"), lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load scripts and fonts from CDNs, which a public
+    # server should not make its visitors fetch; /openapi.json describes the API.
+    app = FastAPI(
+        title="seq2seq",
+        version=_version("seq2seq"),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     add_error_handlers(app)
-    app.add_middleware(RequestLog, max_body=limits.max_body())
+    app.add_middleware(RequestGuard, limits=limits)
     page = (resources.files("seq2seq") / "static" / "index.html").read_text("utf-8")
     info = model_info(translator, defaults, limits, members)
-    errors = {code: {"model": ErrorResponse} for code in (400, 413, 422, 500)}
+    errors = {code: {"model": ErrorResponse} for code in (400, 408, 413, 422, 500)}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
@@ -163,11 +192,13 @@ def create_app(
     async def get_info() -> dict[str, object]:
         return info
 
-    @app.post("/translate", response_model_exclude_none=True, responses=errors)
+    # Unset, not None, leaves a field out: a score that is not finite is still sent, as null.
+    @app.post("/translate", response_model_exclude_unset=True, responses=errors)
     async def translate(body: TranslateRequest, request: Request) -> TranslateResponse:
         """Translate `text` or `texts`."""
         texts = request_texts(body, limits)
         decode = request_decode(defaults, body, limits)
+        check_answer_size(len(texts), decode.nbest, body.attention, limits)
         request.state.texts = len(texts)
         try:
             batched = await batcher.translate(texts, decode)
@@ -193,40 +224,54 @@ def request_texts(body: TranslateRequest, limits: Limits) -> list[str]:
     texts = [body.text] if body.texts is None else body.texts
     if not texts or len(texts) > limits.max_texts:
         count = f"{len(texts)} texts" if texts else "no texts"
-        raise RequestError(f"{count}; 1 to {limits.max_texts} per request (--max-texts)", field)
+        raise RequestError(f"{count}; this server takes 1 to {limits.max_texts}", field)
     for index, text in enumerate(texts):
         name = field if body.texts is None else f"texts[{index}]"
         if not text.strip():
             raise RequestError(f"{name} is empty", field)
         if len(text) > limits.max_chars:
-            limit = f"at most {limits.max_chars} (--max-chars)"
-            raise RequestError(f"{name} has {len(text)} characters, {limit}", field)
+            limit = f"this server takes at most {limits.max_chars}"
+            raise RequestError(f"{name} has {len(text)} characters; {limit}", field)
         if any("\ud800" <= character <= "\udfff" for character in text):  # JSON allows them
             raise RequestError(f"{name} is not valid Unicode (a lone surrogate)", field)
     return texts
 
 
 def request_decode(defaults: DecodeConfig, body: TranslateRequest, limits: Limits) -> DecodeConfig:
-    """The request's decoding settings, validated by DecodeConfig and within the limits."""
+    """The request's decoding settings, validated by DecodeConfig and within the limits;
+    errors speak of the request's fields (`beam`), not of config keys or CLI options."""
     try:
         decode = defaults.updated(beam_size=body.beam, nbest=body.nbest, alpha=body.alpha)
     except SettingError as error:
-        raise RequestError(str(error), SETTING_FIELDS.get(error.key)) from None
+        field = SETTING_FIELDS.get(error.key)
+        raise RequestError(f"{field}: {error.reason}" if field else str(error), field) from None
     for field, value, limit in (
         ("beam", decode.beam_size, limits.max_beam),
         ("nbest", decode.nbest, limits.max_nbest),
     ):
         if value > limit:
-            message = f"{field} {value} is over this server's limit {limit} (--max-{field})"
-            raise RequestError(message, field)
+            raise RequestError(f"{field} {value} is over this server's limit {limit}", field)
     return decode
+
+
+def check_answer_size(texts: int, nbest: int, attention: bool, limits: Limits) -> None:
+    """Refuses, before decoding, a request whose answer would be too large: it holds
+    texts x nbest translations, and with attention a matrix of weights for each."""
+    translations = texts * nbest
+    asked = f"{texts} texts x nbest {nbest} = {translations} translations"
+    if translations > limits.max_translations:
+        field = "texts" if nbest == 1 else "nbest"
+        raise RequestError(f"{asked}, over this server's limit {limits.max_translations}", field)
+    if attention and translations > limits.max_attention:
+        limit = f"over this server's limit {limits.max_attention} with attention"
+        raise RequestError(f"{asked}, {limit}", "attention")
 
 
 def result(candidates: list[Translation], attention: bool, decode: DecodeConfig) -> Result:
     """One text's answer: the best translation, and the n best when more were asked for."""
     records = [candidate(translation, attention) for translation in candidates]
-    nbest = records if decode.nbest > 1 else None
-    return Result(**records[0], truncated=candidates[0].truncated, nbest=nbest)
+    nbest = {"nbest": records} if decode.nbest > 1 else {}
+    return Result(**records[0], truncated=candidates[0].truncated, **nbest)
 
 
 def candidate(translation: Translation, attention: bool) -> dict[str, object]:
@@ -274,6 +319,14 @@ def error_response(status: int, message: str, field: str | None) -> JSONResponse
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
+def unknown_field(name: str) -> str:
+    """'"bean": unknown field (did you mean "beam"?)', as config keys are suggested."""
+    fields = list(TranslateRequest.model_fields)
+    match = difflib.get_close_matches(name, fields, n=1, cutoff=0.5)
+    hint = f"did you mean {json.dumps(match[0])}?" if match else f"fields: {', '.join(fields)}"
+    return f"{json.dumps(name)}: unknown field ({hint})"
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Every error in one style: {"error": "...", "field": ...}, no traceback."""
 
@@ -291,26 +344,32 @@ def add_error_handlers(app: FastAPI) -> None:
         if not loc:  # no body, or not an object (or not sent as application/json)
             message = f"the body must be a JSON object (application/json): {first['msg']}"
             return error_response(400, message, "body")
+        if first["type"] == "extra_forbidden":
+            return error_response(422, unknown_field(loc[0]), loc[0])
         where = loc[0] + "".join(f"[{part}]" for part in loc[1:])
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        return error_response(422, f"{where}: {message}", loc[0])
+        return error_response(422, f"{where}: {first['msg']}", loc[0])
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return error_response(error.status_code, str(error.detail), None)
+        if error.status_code != 400:  # 404, 405: the path or the method
+            return error_response(error.status_code, str(error.detail), None)
+        # FastAPI's 400: a body it could not parse (JSON nested deeper than Python recurses)
+        cause = f": {error.__cause__}" if error.__cause__ else ""
+        return error_response(400, f"{error.detail}{cause}", "body")
 
     @app.exception_handler(Exception)
     async def bug(request: Request, error: Exception) -> JSONResponse:
         return error_response(500, f"internal error: {type(error).__name__}", None)
 
 
-class RequestLog:
-    """One log line per request; a body announced as too large is refused unread. Plain
-    ASGI: Starlette's BaseHTTPMiddleware costs a task and a stream per request, and the
-    event loop shares the CPU with the decoder."""
+class RequestGuard:
+    """Reads each request's body whole, within the size and time limits, before the app
+    sees it, and logs one line per request. Plain ASGI: Starlette's BaseHTTPMiddleware
+    costs a task and a stream per request, and the event loop shares the CPU with the
+    decoder."""
 
-    def __init__(self, app: ASGIApp, max_body: int):
-        self.app, self.max_body = app, max_body
+    def __init__(self, app: ASGIApp, limits: Limits):
+        self.app, self.limits = app, limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -325,12 +384,15 @@ class RequestLog:
             await send(message)
 
         try:
-            length = Headers(scope=scope).get("content-length", "0")
-            if length.isdigit() and int(length) > self.max_body:
-                refusal = error_response(413, f"body over {self.max_body} bytes", "body")
-                await refusal(scope, receive, send_noting_status)
-            else:
-                await self.app(scope, receive, send_noting_status)
+            try:
+                body = await read_body(scope, receive, self.limits)
+            except RequestError as refusal:
+                # The rest of the body is not read, so the connection cannot carry another
+                # request: it closes.
+                response = error_response(refusal.status, str(refusal), refusal.field)
+                response.headers["connection"] = "close"
+                return await response(scope, receive, send_noting_status)
+            await self.app(scope, replaying(body, receive), send_noting_status)
         finally:
             # e.g. `127.0.0.1 POST /translate 200 texts=1 batch=12 35.2ms`: batch counts
             # the sentences decoded together with this request's
@@ -340,6 +402,85 @@ class RequestLog:
             milliseconds = (time.perf_counter() - start) * 1000
             where = f"{client} {scope['method']} {scope['path']}"
             log.info("%s %d%s%s %.1fms", where, status, texts, batch, milliseconds)
+
+
+async def read_body(scope: Scope, receive: Receive, limits: Limits) -> bytes:
+    """The request's body; RequestError 413 once it is over `limits.max_body()` bytes,
+    announced or as it arrives (a chunked body announces no length), 408 if it has not
+    all arrived within `limits.request_timeout` seconds."""
+    max_body = limits.max_body()
+    length = Headers(scope=scope).get("content-length", "0")
+    if length.isdigit() and int(length) > max_body:
+        raise RequestError(f"body over {max_body} bytes", "body", 413)
+    body = bytearray()
+
+    async def read() -> None:
+        while True:
+            message = await receive()
+            body.extend(message.get("body", b""))
+            if len(body) > max_body:
+                raise RequestError(f"body over {max_body} bytes", "body", 413)
+            if not message.get("more_body", False):  # the end, or the client went away
+                return
+
+    try:
+        await asyncio.wait_for(read(), limits.request_timeout)
+    except asyncio.TimeoutError:
+        seconds = f"{limits.request_timeout:g}"
+        raise RequestError(f"the body did not arrive within {seconds} s", "body", 408) from None
+    return bytes(body)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` for the app: the body read, then what the client does next (disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+# Control characters, the line separators Python's str.splitlines() also breaks at, and
+# the backslash that escapes them.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\]")
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control characters and backslashes escaped as in Python
+    (a newline is `\\n`), so that what a client sends cannot pass for a line of its own."""
+    return _UNPRINTABLE.sub(lambda match: match[0].encode("unicode_escape").decode(), text)
+
+
+class LogFormatter(logging.Formatter):
+    """Log records as lines of their own: a message on one line (a request's path may hold
+    a newline, decoded from %0a), each line of a traceback indented."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record).rstrip("\n"))
+
+    def formatException(self, exc_info: tuple) -> str:
+        lines = super().formatException(exc_info).split("\n")
+        return "\n".join("    " + printable(line) for line in lines)
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with its keep-alive timer also bounding how long a
+    client takes to send a request's headers. uvicorn arms that timer only once a response
+    is sent, and stops it at the first byte that arrives after: a client that connects and
+    sends nothing, or headers a byte at a time, would hold its connection forever, and
+    with a request begun, hold up shutdown. Here it runs from the connection's start, and
+    until a request's headers are complete (uvicorn's handle_events stops it then)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def data_received(self, data: bytes) -> None:  # uvicorn's, without stopping the timer
+        self.conn.receive_data(data)
+        self.handle_events()
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -372,14 +513,34 @@ def run(
     limits: Limits,
     precision: DecodePrecision | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; then requests in flight are answered before exit."""
-    import uvicorn
-
+    """Serve until SIGTERM or SIGINT; then the requests in flight have `limits.grace`
+    seconds to be answered before the server exits."""
     with listen(host, port) as sock:
+        address = sock.getsockname()[0]
+        if not ipaddress.ip_address(address).is_loopback:
+            console.warn(
+                f"serving on {address}, beyond this machine, with no authentication or "
+                "TLS: put a reverse proxy in front (docs/serve.md)"
+            )
         translator = Translator.from_checkpoint(models, device)
-        app = create_app(translator, limits, [str(path) for path in models], precision)
-        logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
+        app = create_app(translator, limits, [Path(path).name for path in models], precision)
+        handler = logging.StreamHandler()
+        handler.setFormatter(LogFormatter("%(asctime)s %(message)s"))
+        logging.basicConfig(handlers=[handler], level=logging.INFO)
         name = f"[{host}]" if ":" in host else host
         to_stderr(f"serving on http://{name}:{sock.getsockname()[1]}\n")
-        config = uvicorn.Config(app, access_log=False, log_level="info", log_config=None)
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(server_config(app, limits)).run(sockets=[sock])
+
+
+def server_config(app: FastAPI, limits: Limits) -> uvicorn.Config:
+    """How uvicorn serves `app`: the request log is the app's own (RequestGuard), and no
+    client holds a connection or the shutdown beyond the time limits."""
+    return uvicorn.Config(
+        app,
+        http=BoundedH11Protocol,
+        timeout_keep_alive=limits.request_timeout,  # BoundedH11Protocol: headers too
+        timeout_graceful_shutdown=limits.grace,
+        access_log=False,
+        log_level="info",
+        log_config=None,
+    )

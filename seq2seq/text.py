@@ -82,10 +82,12 @@ def training_sides(
     targets: list[str],
     saved_tokenizers: dict[str, Any] | None = None,
     report: Callable[[str], None] = lambda message: None,
+    vocabularies: tuple[Vocabulary, Vocabulary] | None = None,
 ) -> tuple[TextSide, TextSide, ParallelIds]:
     """The training text path: tokenizers (SentencePiece models trained on these lines,
     or rebuilt from a checkpoint's), tokens, the one filter, vocabularies from the kept
-    pairs only, ids. `report` gets a line as each long phase starts."""
+    pairs only (or a fine-tuned model's own), ids. `report` gets a line as each long
+    phase starts."""
     if config.vocab.type == "sentencepiece" and saved_tokenizers is None:
         report(f"training SentencePiece models ({config.vocab.size} pieces)")
     src_tokenizer, trg_tokenizer = make_tokenizers(config, saved_tokenizers, (sources, targets))
@@ -93,7 +95,9 @@ def training_sides(
     limit = config.data.max_length
     tokens = zip(src_tokenizer.tokenize(sources), trg_tokenizer.tokenize(targets), strict=True)
     pairs = [(s, t) for s, t in tokens if usable_pair(s, t, limit)]
-    src_vocab, trg_vocab = make_vocabularies(src_tokenizer, trg_tokenizer, pairs, config.vocab)
+    src_vocab, trg_vocab = vocabularies or make_vocabularies(
+        src_tokenizer, trg_tokenizer, pairs, config.vocab
+    )
     src, trg = TextSide(src_tokenizer, src_vocab), TextSide(trg_tokenizer, trg_vocab)
     ids = ParallelIds(
         IdRows(src.vocab.encode(s) for s, _ in pairs),

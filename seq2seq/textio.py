@@ -14,12 +14,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
-from seq2seq.corpus import STDIN, decode_line, iter_lines, without_bom
+from seq2seq.corpus import STDIN, decode_line, iter_lines, name, stdin, without_bom
 from seq2seq.errors import UserError, to_stderr
 from seq2seq.files import replaced_when_done
 from seq2seq.gates import GateValues
+from seq2seq.run_folder import check_not_run_file
 from seq2seq.translator import Translation
 
 
@@ -28,16 +29,17 @@ def input_lines(path: Path | None) -> tuple[Iterator[str], str, bool]:
     interactive?). A terminal on stdin is interactive: a prompt before each line."""
     if not is_standard(path):
         return iter_lines(path), str(path), False
-    interactive = sys.stdin.isatty()
-    numbered = enumerate(without_bom(_stdin_lines(interactive)), 1)
+    source = stdin()
+    interactive = source.isatty()
+    numbered = enumerate(without_bom(_stdin_lines(source, interactive)), 1)
     return (decode_line(raw, f"<stdin>:{n}") for n, raw in numbered), "<stdin>", interactive
 
 
-def _stdin_lines(interactive: bool) -> Iterator[bytes]:
+def _stdin_lines(source: BinaryIO, interactive: bool) -> Iterator[bytes]:
     while True:
         if interactive:
             to_stderr("> ")
-        raw = sys.stdin.buffer.readline()
+        raw = source.readline()
         if not raw:
             return
         yield raw
@@ -55,19 +57,35 @@ def chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file (through links, `./x` and `x`...)."""
+    """Whether two paths name one file (through links, `./x` and `x`...); `-` is stdin,
+    which may be a file too (`< f`)."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
+        return os.path.samestat(*(os.fstat(0) if is_standard(p) else os.stat(p) for p in (a, b)))
+    except OSError:  # one of them does not exist (yet), or stdin is closed
         return False
 
 
 def check_output(path: Path | None, inputs: Iterable[Path | None]) -> None:
-    """Refuse an output that is one of the inputs (`-i f.de -o f.de`, `-o` a checkpoint):
-    it would be emptied before it is read. Called before anything is opened."""
+    """Refuse an output that is one of the inputs (`-i f.de -o f.de`, `-o f.de < f.de`,
+    `-o` a checkpoint): it would be emptied before it is read; or one of a run's own
+    files; or stdout when it is closed. `-` among the inputs is stdin; None is no input.
+    Called before anything is opened."""
+    if is_standard(path):
+        stdout()
+        return
     for source in inputs:
-        if path is not None and source is not None and same_file(path, source):
-            raise UserError(f"{path}: is the input {source}; write the output to another file")
+        if source is not None and same_file(path, source):
+            raise UserError(
+                f"{path}: is the input {name(source)}; write the output to another file"
+            )
+    check_not_run_file(path)
+
+
+def stdout() -> TextIO:
+    """Standard output; closed (`>&-`) is a UserError, not results lost in silence."""
+    if sys.stdout is None:
+        raise UserError("<stdout>: closed; the results are written there")
+    return sys.stdout
 
 
 @contextmanager
@@ -76,16 +94,24 @@ def output(path: Path | None) -> Iterator[TextIO]:
     that goes away (`| head -1`) ends the output quietly; a failing write (disk full) is a
     UserError naming the file."""
     to_file = not is_standard(path)
-    opened = _replaced_when_done(path) if to_file else nullcontext(sys.stdout)
+    opened = _replaced_when_done(path) if to_file else nullcontext(stdout())
     try:
         with opened as sink:
             yield sink
-    except BrokenPipeError:
-        if not to_file:  # so that Python's flush of stdout at exit does not raise again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as error:
+        if not to_file:  # so that Python's flush of stdout at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(error, BrokenPipeError):
+            return
         where = path if to_file else "<stdout>"
         raise UserError(f"{where}: cannot write: {error.strerror or error}") from None
+
+
+def print_result(text: str) -> None:
+    """One result on stdout (a report, a path), under `output`'s rules."""
+    with output(None) as sink:
+        sink.write(text + "\n")
+        sink.flush()  # here, where a failure is reported, not at exit
 
 
 @contextmanager

@@ -21,7 +21,6 @@ tokenizer first runs, so that a subword model translates without them.
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -30,22 +29,12 @@ from typing import TYPE_CHECKING, Any
 import sentencepiece
 import torch
 
-from seq2seq.config import Config, VocabConfig
+from seq2seq.config import BLANK_PREFIX, Config, VocabConfig, check_spacy_name
 from seq2seq.errors import UserError
 from seq2seq.vocab import EOS, PAD, SOS, SPECIALS, UNK
 
 if TYPE_CHECKING:
     import spacy
-
-BLANK_PREFIX = "blank:"
-# The spaCy names a checkpoint may give: blank:<language> or a pipeline package
-# <language>_<kind>_<genre>_<size> (de_core_news_sm). spacy.load imports an installed
-# package of the name it is given, so a checkpoint must never name any other module.
-SPACY_NAME = re.compile(r"blank:[a-z]{2,3}|[a-z]{2,3}_[a-z]+_[a-z]+_(sm|md|lg|trf)")
-
-
-def is_spacy_name(name: object) -> bool:
-    return isinstance(name, str) and SPACY_NAME.fullmatch(name) is not None
 
 
 class Tokenizer:
@@ -272,7 +261,12 @@ def _capitalized(text: str, lowercase: bool) -> str:
 
 
 def _load_spacy(lang: str, pipeline: str | None) -> tuple[spacy.language.Language, str]:
-    """(nlp, name): the pipeline's tokenizer when installed, else spacy.blank(lang)."""
+    """(nlp, name): the pipeline's tokenizer when installed, else spacy.blank(lang).
+    Both names pass the allow-list here, where spaCy would import a module named by them,
+    whichever path (config, checkpoint, model folder, the Python API) they came by."""
+    check_spacy_name(lang, "language")
+    if pipeline is not None:
+        check_spacy_name(pipeline, "pipeline")
     import spacy
 
     if pipeline and not pipeline.startswith(BLANK_PREFIX) and spacy.util.is_package(pipeline):

@@ -38,7 +38,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from seq2seq import console, distributed
-from seq2seq.checkpoint import Bundle, load_checkpoint, save_checkpoint, saved_tokenizers
+from seq2seq.checkpoint import (
+    Bundle,
+    load_checkpoint,
+    save_checkpoint,
+    saved_config,
+    saved_tokenizers,
+    saved_vocabularies,
+    saved_weights,
+)
 from seq2seq.config import Config, TrainConfig, load_config, save_config
 from seq2seq.corpus import read_split
 from seq2seq.data import collate, make_batches
@@ -46,6 +54,7 @@ from seq2seq.download import download_multi30k
 from seq2seq.errors import UserError, is_out_of_memory
 from seq2seq.evaluation import evaluate
 from seq2seq.files import WriteFailed
+from seq2seq.fine_tuning import start_from_model, with_model_settings
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import Optimization
 from seq2seq.plots import plot_run
@@ -63,6 +72,7 @@ from seq2seq.runlog import MetricsLog, environment
 from seq2seq.text import ParallelIds, TextSide, training_sides
 from seq2seq.translator import Translator, resolve_device
 from seq2seq.validation import ValidationTracker
+from seq2seq.vocab import Vocabulary
 
 
 class Interrupted(Exception):
@@ -133,11 +143,62 @@ class Progress:
 
 @dataclass
 class Window:
-    """Loss, tokens and seconds since the last training record."""
+    """Loss, tokens, steps, batches and seconds since the last training record; seconds
+    since the last progress line; the epoch's batches, for its ETA."""
 
+    epoch_batches: int = 0
     loss: float = 0.0
     tokens: int = 0
+    steps: int = 0
+    batches: int = 0
     seconds: float = 0.0
+    unreported: float = 0.0
+
+    def add(self, loss: float, tokens: int, batches: int, seconds: float) -> None:
+        self.loss, self.tokens, self.steps = self.loss + loss, self.tokens + tokens, self.steps + 1
+        self.batches, self.seconds = self.batches + batches, self.seconds + seconds
+        self.unreported += seconds
+
+    def restart(self) -> None:
+        """After a training record: a new window over the same epoch."""
+        self.loss, self.tokens, self.steps, self.batches, self.seconds = 0.0, 0, 0, 0, 0.0
+
+
+# Without progress bars (stderr is not a terminal) a progress line comes every
+# train.log_every steps, and at the latest after this many seconds of training steps.
+LINE_SECONDS = 60.0
+
+
+def duration(seconds: float) -> str:
+    """`42s`, `3m05s`, `2h07m`: how long, at a glance."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_line(progress: Progress, window: Window, train: TrainConfig, lr: float) -> str:
+    """One line on where training is: the window's mean loss and target tokens per second,
+    the learning rate, the time spent, and how long the epoch and the budget still need at
+    the window's pace."""
+    per_batch, per_step = window.seconds / window.batches, window.seconds / window.steps
+    left, budget = [], []
+    if window.epoch_batches:
+        batches_left = window.epoch_batches - progress.batches_done
+        left.append(f"epoch ETA {duration(batches_left * per_batch)}")
+    if train.max_steps:
+        budget.append((train.max_steps - progress.step) * per_step)
+    if train.max_minutes is not None:
+        budget.append(60 * train.max_minutes - progress.elapsed)
+    if budget:
+        left.append(f"budget ETA {duration(min(budget))}")
+    return (
+        f"epoch {progress.epoch}, step {progress.step}: loss {window.loss / window.tokens:.3f}, "
+        f"{window.tokens / window.seconds:,.0f} target tokens/s, lr {lr:.3g}, "
+        f"elapsed {duration(progress.elapsed)}" + "".join(f", {part}" for part in left)
+    )
 
 
 def set_threads(threads: int | None, context: distributed.Context, device: torch.device) -> None:
@@ -163,27 +224,34 @@ def progress_bar(total: int, progress: Progress, enabled: bool) -> tqdm:
 
 
 def resolve_run(
-    config_path: Path | None, overrides: list[str], run_dir: Path | None, resume: bool
+    config_path: Path | None,
+    overrides: list[str],
+    run_dir: Path | None,
+    resume: bool,
+    init_from: str | None = None,
 ) -> Config:
-    """The config and run folder for `seq2seq train` (with --config and/or --run-dir)."""
+    """The config and run folder for `seq2seq train` (with --config and/or --run-dir,
+    and --init-from)."""
     if config_path is None:
         if not (resume and run_dir):
             raise UserError("train needs --config FILE (or --resume --run-dir RUN_DIR)")
         config_path = RunFolder(run_dir).config
     config = load_config(config_path, overrides)
-    if run_dir is not None:
-        config = config.model_copy(
-            update={"train": config.train.model_copy(update={"run_dir": str(run_dir)})}
-        )
-    return config
+    given = {"run_dir": None if run_dir is None else str(run_dir), "init_from": init_from}
+    updates = {key: value for key, value in given.items() if value is not None}
+    return config.model_copy(update={"train": config.train.model_copy(update=updates)})
 
 
 def read_training_text(
-    config: Config, saved_tokenizers: dict[str, Any] | None, context: distributed.Context
+    config: Config,
+    saved_tokenizers: dict[str, Any] | None,
+    context: distributed.Context,
+    vocabularies: tuple[Vocabulary, Vocabulary] | None = None,
 ) -> tuple[TextSide, TextSide, ParallelIds, list[str], list[str]]:
     """Fetch Multi30k if the config names it (rank 0; the others wait), read the training
     and validation splits, make the text sides from the training split only (or rebuild
-    a resumed run's tokenizers) -> (src, trg, training ids, validation lines src, trg)."""
+    a resumed run's tokenizers, or take a fine-tuned model's tokenizers and
+    `vocabularies`) -> (src, trg, training ids, validation lines src, trg)."""
     data = config.data
     if data.dataset == "multi30k":
         if context.is_main:
@@ -197,7 +265,9 @@ def read_training_text(
     if not any(s.strip() and t.strip() for s, t in zip(train_src, train_trg, strict=True)):
         raise unusable  # before the progress lines: a user mistake is one line
     report = console.detail if context.is_main else lambda message: None
-    src, trg, corpus = training_sides(config, train_src, train_trg, saved_tokenizers, report)
+    src, trg, corpus = training_sides(
+        config, train_src, train_trg, saved_tokenizers, report, vocabularies
+    )
     if not corpus.src:
         raise unusable
     if context.is_main:
@@ -266,15 +336,26 @@ class Trainer:
         self.folder = RunFolder(train.run_dir)
         self.device, self.context = device, context = start_device(train)
         self.changes: dict[str, tuple] = {}  # settings changed on resume: {key: (old, new)}
+        init, said = self._model_to_start_from(resume)  # first: the folder may hold it
         checkpoint = self._prepare_folder(overwrite, resume)
+        if said:
+            self._log(said)
+        config = self.config  # a fine-tuning run's has its model's settings
         # Rank 0 draws what a single process draws; DDP copies its initial weights to all.
         random.seed(config.seed + context.rank)
         torch.manual_seed(config.seed + context.rank)
         set_threads(train.threads, context, device)
-        saved = saved_tokenizers(checkpoint) if checkpoint else None
-        text = read_training_text(config, saved, context)
+        # Tokenizers come from last.pt or the fine-tuned model, and so do the vocabularies
+        # of a fine-tuning run; other runs make theirs from the training data.
+        source = checkpoint or init
+        saved = saved_tokenizers(source) if source else None
+        vocabularies = saved_vocabularies(source) if source and train.init_from else None
+        text = read_training_text(config, saved, context, vocabularies)
         src, trg, self.corpus, self.valid_src, self.valid_trg = text
         self.model = Seq2Seq(config.model, len(src.vocab), len(trg.vocab)).to(device)
+        if init is not None:
+            self.model.load_state_dict(saved_weights(init))
+        self.fine_tuning = init is not None  # its first validation scores the model as given
         self.bundle = Bundle(config, self.model, src, trg)
         self.trainable = trainable(self.model, context, device)
         self.optimization = Optimization(self.model, self.trainable, train, device)
@@ -301,6 +382,15 @@ class Trainer:
             self.metrics.append({"kind": kind, **where, "lr": lr, **values})
             console.detail(console.record_line(kind, {**where, "lr": lr, **values}))
 
+    def _model_to_start_from(self, resume: bool) -> tuple[dict[str, Any] | None, str]:
+        """The payload of the model that `train.init_from` names (the config now has its
+        settings) and the line saying which it changed; None when there is no such model
+        or the run resumes from its last.pt."""
+        if self.config.train.init_from is None or (resume and self.folder.last.exists()):
+            return None, ""
+        self.config, payload, said = start_from_model(self.config)
+        return payload, said
+
     def _prepare_folder(self, overwrite: bool, resume: bool) -> dict[str, Any] | None:
         """Refuse to clobber a run; returns last.pt's payload when resuming, once the
         config's changes are known to be ones a resumed run takes."""
@@ -312,6 +402,9 @@ class Trainer:
                 self._log(f"{self.folder.path}: no last.pt yet, starting from the beginning")
             return None
         payload = load_checkpoint(self.folder.last)
+        if self.config.train.init_from:  # the settings its model gave it at the start
+            saved = saved_config(payload, str(self.folder.last))
+            self.config = with_model_settings(self.config, saved)[0]
         self.changes = config_changes(payload, self.config, self.folder.last)
         return payload
 
@@ -345,6 +438,8 @@ class Trainer:
             parameters = sum(p.numel() for p in self.model.parameters())
             ranks = f", {self.context.world_size} ranks" if self.context.distributed else ""
             self._log(f"model: {parameters:,} parameters; device: {self.device}{ranks}")
+            if self.fine_tuning:  # the curve starts at the model's score; best.pt at the model
+                self._validate()
             while not self.progress.finished:
                 self._train_epoch()
         except WriteFailed as failure:
@@ -383,7 +478,7 @@ class Trainer:
         span = config.accumulate_steps * context.world_size
         usable = len(batches) - (len(batches) % span if context.distributed else 0)
         self.trainable.train()
-        window = Window()
+        window = Window(epoch_batches=usable)
         with progress_bar(usable, progress, context.is_main) as bar:
             while progress.batches_done < usable:
                 taken = batches[progress.batches_done : progress.batches_done + span]
@@ -418,12 +513,23 @@ class Trainer:
             if progress.bad_steps >= train.max_bad_steps:
                 raise Diverged(diverged(f"{progress.bad_steps} steps in a row", self.folder))
         progress.count(taken, loss, tokens, seconds)
-        window.loss, window.tokens = window.loss + loss, window.tokens + tokens
-        window.seconds += seconds
-        if progress.step % train.log_every == 0 and window.tokens:
-            rate = window.tokens / window.seconds
-            self._record("train", loss=window.loss / window.tokens, tokens_per_s=rate)
-            window.loss, window.tokens, window.seconds = 0.0, 0, 0.0
+        window.add(loss, tokens, taken, seconds)
+        self._report(window)
+
+    def _report(self, window: Window) -> None:
+        """The training record every train.log_every steps; with it, or after
+        LINE_SECONDS without one, a progress line where no progress bar shows."""
+        due = self.progress.step % self.config.train.log_every == 0
+        if not window.tokens or not (due or window.unreported >= LINE_SECONDS):
+            return
+        if self.context.is_main:
+            lr = self.optimization.learning_rate
+            console.progress_line(progress_line(self.progress, window, self.config.train, lr))
+        window.unreported = 0.0
+        if due:
+            loss, rate = window.loss / window.tokens, window.tokens / window.seconds
+            self._record("train", loss=loss, tokens_per_s=rate)
+            window.restart()
 
     def _after_step(self, epoch_done: bool) -> bool:
         """Validate and save when due; True when the epoch loop must stop."""

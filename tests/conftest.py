@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from seq2seq.config import DecoderConfig, EncoderConfig, ModelConfig, load_config
 from seq2seq.model import Seq2Seq
@@ -30,7 +30,28 @@ settings.register_profile(
     max_examples=40,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+# scripts/mutation.sh runs the tests once per mutant: there, fewer examples and no
+# shrinking of a failing one (a failure is all it needs to know).
+settings.register_profile(
+    "mutation",
+    parent=settings.get_profile("seq2seq"),
+    max_examples=10,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
 settings.load_profile("seq2seq")
+TOY_FIXTURES = {"toy_run", "toy_checkpoint", "toy_translator"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "toy: needs the toy run (trained once per session)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need the toy run: `-m "not toy"` leaves those that start at
+    once (scripts/mutation.sh runs them once per mutant, each run in a new session)."""
+    for item in items:
+        if TOY_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.toy)
 
 
 @pytest.fixture(autouse=True)

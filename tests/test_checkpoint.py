@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import pickle
 import random
 import struct
+import subprocess
+import sys
 import weakref
 import zipfile
 from collections.abc import Callable
@@ -15,11 +18,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, run_cli
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_hardening import one_error_line
+from test_reliability import changed_checkpoint
 
 from seq2seq import checkpoint, files
-from seq2seq.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from seq2seq.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    load_bundle,
+    load_checkpoint,
+    save_checkpoint,
+)
 from seq2seq.errors import UserError
 
 
@@ -28,7 +40,7 @@ def payload() -> dict:
         "config": {"seed": 1, "model": {"dropout": 0.1}},
         "vocab": {"src": ["<unk>", "<pad>", "<sos>", "<eos>", "hund"], "trg": ["<unk>", "dog"]},
         "tokenizer": {"src": "blank:de", "trg": "blank:en"},
-        "model": {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3, dtype=torch.long)},
+        "model": {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3, dtype=torch.float64)},
         "training": {"epoch": 3, "validation": None, "losses": [1.5, 0.25]},
     }
 
@@ -49,15 +61,18 @@ DAMAGED = "damaged seq2seq checkpoint"  # a zip archive that torch.load cannot r
 NOT_OURS = "not a seq2seq checkpoint"  # read, but not a dict of our format
 VERSION = "checkpoint format"
 INFLATES = "refused: its entries would inflate"  # the archive's sizes, before torch.load
-TOKENIZER = "is not a spaCy language or pipeline name"  # read, but naming another module
+TOKENIZER = "is not a spaCy pipeline name"  # read, but naming another module
 NOT_FINITE = "hold NaN or infinite values"  # read, but weights that are not numbers
+EXPANDED = "not stored element by element"  # read, but a view that repeats its elements
+SHARED = "bytes, more than its"  # read, but views that share one storage
 
 
 def branch(path: Path) -> str:
     message = refused(path)
     for name, text in (("not a zip", NOT_A_ZIP), ("pickle", PICKLE), ("damaged", DAMAGED),
                        ("version", VERSION), ("inflates", INFLATES), ("tokenizer", TOKENIZER),
-                       ("not finite", NOT_FINITE)):  # fmt: skip
+                       ("not finite", NOT_FINITE), ("expanded", EXPANDED),
+                       ("shared", SHARED)):  # fmt: skip
         if text in message:
             return name
     assert message.endswith(NOT_OURS), message
@@ -85,7 +100,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert loaded["format"] == FORMAT and loaded["format_version"] == FORMAT_VERSION
     expected = payload()
     assert torch.equal(loaded["model"]["w"], expected["model"]["w"])
-    assert loaded["model"]["b"].dtype == torch.long
+    assert loaded["model"]["b"].dtype == torch.float64
     for key in ("config", "vocab", "tokenizer", "training"):
         assert loaded[key] == expected[key]
 
@@ -356,11 +371,12 @@ def test_average_is_the_mean_of_the_weights(tmp_path: Path) -> None:
     paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
     save_checkpoint(payload(), paths[0])
     shifted = payload()
-    shifted["model"] = {"w": shifted["model"]["w"] + 1.0, "b": torch.full((3,), 3)}
+    shifted["model"] = {"w": shifted["model"]["w"] + 1.0, "b": torch.full((3,), 3.0).double()}
     save_checkpoint(shifted, paths[1])
     averaged = checkpoint.average_checkpoints(paths)
     assert torch.equal(averaged["model"]["w"], torch.arange(6.0).reshape(2, 3) + 0.5)
-    assert averaged["model"]["b"].dtype == torch.long and averaged["model"]["b"].tolist() == [1] * 3
+    assert averaged["model"]["b"].dtype == torch.float64
+    assert averaged["model"]["b"].tolist() == [1.5] * 3
     assert "training" not in averaged and averaged["vocab"] == payload()["vocab"]
 
 
@@ -416,3 +432,109 @@ def test_average_refuses_checkpoints_that_do_not_match(
     with pytest.raises(UserError, match=message) as caught:
         checkpoint.average_checkpoints([first, other])
     assert str(other) in str(caught.value)
+
+
+def expanded(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor a view of one element (stride 0): the file holds a few bytes of each."""
+    return {name: torch.zeros(1, dtype=t.dtype).expand(t.shape) for name, t in weights.items()}
+
+
+def shared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor a contiguous view of the start of one storage, as big as the largest."""
+    storage = torch.zeros(max(t.numel() for t in weights.values()))
+    return {name: storage[: t.numel()].view(t.shape) for name, t in weights.items()}
+
+
+@pytest.mark.parametrize(("views", "message"), [(expanded, EXPANDED), (shared, SHARED)])
+def test_tensors_that_do_not_hold_their_elements_are_refused(
+    tmp_path: Path, toy_checkpoint: Path, views: Callable, message: str
+) -> None:
+    """Shapes that agree with the config, from storage far smaller than the model they
+    declare: refused before anything computes on them or copies them."""
+    path = changed_checkpoint(
+        toy_checkpoint, tmp_path / "views.pt", lambda p: p.update(model=views(p["model"]))
+    )
+    weights = load_checkpoint(toy_checkpoint)["model"].values()
+    declared = sum(t.numel() * t.element_size() for t in weights)
+    assert path.stat().st_size < declared
+    assert message in refused(path)
+    code, out, err = run_cli("translate", "-m", path, input="Ein Hund.\n")
+    one_error_line(code, err, str(path), message)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [("max_length_offset", 10**9, "less than or equal to 500"),
+     ("beam_size", 10**4, "less than or equal to 64"), ("alpha", math.inf, "a finite number")],
+)  # fmt: skip
+def test_decode_settings_of_a_checkpoint_are_capped(
+    tmp_path: Path, toy_checkpoint: Path, key: str, value: object, reason: str
+) -> None:
+    """A checkpoint's decode defaults pass DecodeConfig's caps like any other source."""
+    path = changed_checkpoint(
+        toy_checkpoint, tmp_path / "long.pt", lambda p: p["config"]["decode"].update({key: value})
+    )
+    with pytest.raises(UserError) as caught:
+        load_bundle(path)
+    assert str(caught.value) == f"{path} (config): decode.{key}: Input should be {reason}"
+
+
+# Loads each checkpoint named on the command line in a fresh interpreter, then prints
+# what it refused and which of the modules after `--` were imported.
+IMPORTS = """
+import sys
+from seq2seq.errors import UserError
+from seq2seq.translator import Translator
+split = sys.argv.index("--")
+for path in sys.argv[1:split]:
+    try:
+        Translator.from_checkpoint(path, "cpu").translate(["Ein Hund."])
+        print("loaded", path)
+    except UserError as error:
+        print("refused", error)
+    except Exception as error:
+        print("crashed", type(error).__name__)
+print("imported", sorted(set(sys.argv[split + 1:]) & set(sys.modules)))
+"""
+
+
+def test_no_field_of_a_checkpoint_makes_spacy_import_a_module(
+    tmp_path: Path, toy_checkpoint: Path
+) -> None:
+    """spacy.load imports any installed package it is named (pytest is one), spacy.blank
+    imports spacy.lang.<lang>: every field that reaches them passes one allow-list, with
+    or without the checkpoint's tokenizer entry (then the config's pipelines are used)."""
+    fields = {
+        "tokenizer.src": "pytest",
+        "tokenizer.trg": "this",
+        "data.src_pipeline": "pytest",
+        "data.trg_pipeline": "this",
+        "data.src_lang": "de.examples",
+        "data.trg_lang": "en.examples",
+    }
+
+    def naming(field: str) -> Callable[[dict], None]:
+        def change(payload: dict) -> None:
+            section, key = field.split(".")
+            (payload["config"]["data"] if section == "data" else payload["tokenizer"])[key] = (
+                fields[field]
+            )
+            if key.endswith("_pipeline"):  # no tokenizer entry: the config's pipelines count
+                payload["tokenizer"] = None
+
+        return change
+
+    paths = [
+        changed_checkpoint(toy_checkpoint, tmp_path / f"{field}.pt", naming(field))
+        for field in fields
+    ]
+    modules = ["pytest", "this", "spacy.lang.de.examples", "spacy.lang.en.examples"]
+    completed = subprocess.run(
+        [sys.executable, "-c", IMPORTS, *map(str, paths), "--", *modules],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    lines = completed.stdout.splitlines()
+    assert lines[-1] == "imported []", completed.stdout + completed.stderr
+    for field, path, line in zip(fields, paths, lines[:-1], strict=True):
+        assert line.startswith(f"refused {path}") and field in line, line
+        assert f"{fields[field]!r} is not a spaCy " in line, line

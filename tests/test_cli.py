@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -357,6 +359,11 @@ def missing_input(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[s
     return ["translate", "--model", checkpoint, "--input", source], None, [str(source)]
 
 
+def seed_beyond_64_bits(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
+    args = ["train", "--config", TOY_CONFIG, *sets(f"seed={2**70}")]
+    return args, None, [f"seed={2**70}", "seed: Input should be less than"]
+
+
 def existing_run(tmp: Path, checkpoint: Path) -> tuple[list, str | None, list[str]]:
     run_dir = checkpoint.parent
     args = ["train", "--config", TOY_CONFIG, *sets(*toy_overrides(run_dir))]
@@ -375,6 +382,7 @@ MISTAKES: list[Callable[[Path, Path], tuple[list, str | None, list[str]]]] = [
     foreign_checkpoint,
     missing_checkpoint,
     missing_input,
+    seed_beyond_64_bits,
     existing_run,
 ]
 
@@ -420,3 +428,66 @@ def test_output_into_a_missing_folder_is_a_user_error(
     target = tmp_path / "no" / "such" / "out.en"
     code, _, err = cli("translate", "--model", toy_checkpoint, "--output", target, input=b"Hund\n")
     check_mistake(code, err, [str(target)])
+
+
+# -- standard streams: closed, full, and paths that are not regular files ------------------
+
+
+def run_shell(command: str, cwd: Path) -> tuple[int, str, str]:
+    """`command` in bash, where `seq2seq` is `python -m seq2seq` -> (status, stdout, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    script = f'seq2seq() {{ "{sys.executable}" -m seq2seq "$@"; }}\n{command}'
+    result = subprocess.run(["bash", "-c", script], capture_output=True, cwd=cwd, env=env,
+                            timeout=300)  # fmt: skip
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+CLOSED = {
+    "translate <&-": ("seq2seq translate -m M <&-", "<stdin>: closed"),
+    "translate >&-": ("echo 'Ein Hund.' | seq2seq translate -m M >&-", "<stdout>: closed"),
+    "evaluate --hyp - <&-": ("seq2seq evaluate --hyp - --ref ref.en <&-", "<stdin>: closed"),
+    "evaluate >&-": ("seq2seq evaluate --hyp ref.en --ref ref.en >&-", "<stdout>: closed"),
+    "evaluate > /dev/full": ("seq2seq evaluate --hyp ref.en --ref ref.en > /dev/full",
+                             "<stdout>: cannot write: No space left on device"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLOSED, ids=list(CLOSED))
+def test_a_closed_or_full_standard_stream_is_one_error_line(
+    case: str, tmp_path: Path, toy_checkpoint: Path
+) -> None:
+    """Not a crash, and not results lost without a word (exit 0)."""
+    shutil.copy(TOY_DATA / "test.en", tmp_path / "ref.en")
+    command, expected = CLOSED[case]
+    code, out, err = run_shell(command.replace(" M", f" {toy_checkpoint}"), tmp_path)
+    check_mistake(code, err, [expected])
+
+
+STREAMS = {
+    "-i <(cmd)": "seq2seq translate -m M -i <(head -3 src.de)",
+    # (the writer gives up after a minute, were the pipe never read)
+    "-i a named pipe": "mkfifo f.de; timeout 60 sh -c 'head -3 src.de > f.de' >&- 2>&- & "
+                       "seq2seq translate -m M -i f.de",
+    "-i /dev/stdin": "head -3 src.de | seq2seq translate -m M -i /dev/stdin",
+    "-o /dev/stdout into a pipe": "head -3 src.de | seq2seq translate -m M -o /dev/stdout | cat",
+    "-o >(cmd)": "head -3 src.de | seq2seq translate -m M -o >(cat)",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", STREAMS, ids=list(STREAMS))
+def test_paths_that_are_not_regular_files(
+    case: str, tmp_path: Path, toy_checkpoint: Path, toy_translator
+) -> None:
+    """Any readable path but a folder is read once as a stream; an output through a link
+    to a pipe goes into the pipe."""
+    shutil.copy(TOY_DATA / "test.de", tmp_path / "src.de")
+    code, out, err = run_shell(STREAMS[case].replace(" M", f" {toy_checkpoint}"), tmp_path)
+    assert code == 0, err
+    assert out.splitlines() == [t.text for t in toy_translator.translate(SOURCES[:3])]
+
+
+def test_evaluate_scores_a_hypothesis_stream(tmp_path: Path) -> None:
+    shutil.copy(TOY_DATA / "test.en", tmp_path / "ref.en")
+    code, out, err = run_shell("seq2seq evaluate --hyp <(cat ref.en) --ref ref.en --json", tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["bleu"] == 100.0

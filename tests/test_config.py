@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TOY_CONFIG
+from conftest import ROOT, TOY_CONFIG, run_cli
 from pydantic import ValidationError
 
-from seq2seq.config import Config, load_config, save_config
+from seq2seq.config import Config, DecodeConfig, SettingError, load_config, save_config
 from seq2seq.errors import UserError
 
 
@@ -218,3 +218,116 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(ValidationError):
         config.train.epochs = 3  # type: ignore[misc]
+
+
+DUPLICATES = {
+    "a section": ("train:\n  epochs: 3\n  batch_size: 8\nmodel:\n  dropout: 0.1\ntrain:\n"
+                  "  epochs: 4\n", "6: duplicate key 'train' (first at line 1)"),
+    "a key": ("train:\n  epochs: 3\n  learning_rate: 0.1\n  epochs: 4\n",
+              "4: duplicate key 'train.epochs' (first at line 2)"),
+    "a deeper key": ("model:\n  encoder:\n    hidden_size: 8\n\n    hidden_size: 9\n",
+                     "5: duplicate key 'model.encoder.hidden_size' (first at line 3)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DUPLICATES, ids=list(DUPLICATES))
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path, case: str) -> None:
+    """YAML keeps the last one without a word: a second `train:` would reset the first's."""
+    text, where = DUPLICATES[case]
+    path = write(tmp_path, text)
+    assert error_of(path) == f"{path}:{where}"
+
+
+def test_a_merged_anchor_is_not_a_duplicate(tmp_path: Path) -> None:
+    """`<<: *anchor` then one of the anchor's keys is YAML's own override, not a repeat
+    (a guard on the check above); the same key in two sections is two keys."""
+    text = (
+        "model:\n  encoder: &sizes\n    embedding_size: 12\n    hidden_size: 16\n"
+        "  decoder:\n    <<: *sizes\n    hidden_size: 20\n"
+    )
+    decoder = load_config(write(tmp_path, text)).model.decoder
+    assert (decoder.embedding_size, decoder.hidden_size) == (12, 20)
+
+
+def test_set_a_whole_section_merges_into_it(tmp_path: Path) -> None:
+    """A mapping value sets the keys it names and keeps the others, at any depth, as
+    separate --set would: replacing the section would reset them to their defaults."""
+    path = write(
+        tmp_path,
+        "train:\n  epochs: 2\n  batch_size: 8\n  learning_rate: 0.01\n"
+        "model:\n  encoder:\n    hidden_size: 16\n    embedding_size: 12\n",
+    )
+    config = load_config(path, ['train={"epochs": 1}', "model={encoder: {hidden_size: 20}}"])
+    assert (config.train.epochs, config.train.batch_size) == (1, 8)
+    assert config.train.learning_rate == 0.01
+    assert (config.model.encoder.hidden_size, config.model.encoder.embedding_size) == (20, 12)
+    assert config == load_config(path, ["train.epochs=1", "model.encoder.hidden_size=20"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.learning_rate=.inf", "model.dropout=.nan", "train.max_minutes=.inf",
+     "train.clip_norm=.nan", "train.distributed_timeout=.inf", "decode.alpha=.inf",
+     "decode.max_length_ratio=.nan", "train.min_learning_rate=.inf"],
+)  # fmt: skip
+def test_a_number_that_is_not_finite_is_refused(tmp_path: Path, override: str) -> None:
+    """NaN passes every range check (it compares false with any bound)."""
+    message = error_of(write(tmp_path, "seed: 1\n"), [override])
+    key = override.split("=")[0]
+    assert message == f"--set {override}: {key}: Input should be a finite number"
+
+
+# Each decoding setting that sets how long or how wide a search runs: its cap.
+DECODE_CAPS = {
+    "beam_size": 64,
+    "nbest": 64,
+    "batch_size": 4096,
+    "alpha": 10.0,
+    "max_length_ratio": 5.0,
+    "max_length_offset": 500,
+    "max_source_length": 1000,
+}
+
+
+@pytest.mark.parametrize("key", DECODE_CAPS)
+def test_decode_settings_are_capped(tmp_path: Path, key: str) -> None:
+    """In DecodeConfig, which every source goes through: a file, --set, a checkpoint's
+    config, the command line's options and HTTP requests (DecodeConfig.updated)."""
+    cap = DECODE_CAPS[key]
+    wide = {"beam_size": cap} if key == "nbest" else {}
+    assert getattr(DecodeConfig().updated(**wide, **{key: cap}), key) == cap
+    with pytest.raises(SettingError) as caught:
+        DecodeConfig().updated(**wide, **{key: cap + 1})
+    assert (caught.value.key, str(caught.value)) == (
+        key,
+        f"decode.{key}: Input should be less than or equal to {cap:g}",
+    )
+    message = error_of(write(tmp_path, f"decode:\n  {key}: {cap + 1}\n"))
+    assert message.startswith(f"{tmp_path / 'config.yaml'}:2: decode.{key}: ")
+
+
+@pytest.mark.parametrize("alpha", ["inf", "nan", "1e9"])
+def test_an_absurd_alpha_on_the_command_line_is_one_line(toy_checkpoint: Path, alpha: str) -> None:
+    code, out, err = run_cli("translate", "-m", toy_checkpoint, "--alpha", alpha,
+                             input="Ein Hund.\n")  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err.startswith("error: ") and "alpha" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("src_pipeline", "pytest"), ("trg_pipeline", "this"), ("src_pipeline", "de_core_news_sm.x"),
+     ("trg_lang", "en.examples"), ("src_lang", "de.x"), ("trg_lang", "")],
+)  # fmt: skip
+def test_a_name_spacy_would_import_must_be_spacys(tmp_path: Path, key: str, value: str) -> None:
+    """spacy.load imports an installed package of the name it is given (pytest is one),
+    spacy.blank and find_spec import spacy.lang.<lang> and each package on the way."""
+    path = write(tmp_path, f"data:\n  {key}: {value!r}\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}:2: data.{key}: {value!r} is not a spaCy ")
+
+
+def test_spacy_names_pass(tmp_path: Path) -> None:
+    text = "data:\n  src_pipeline: de_core_news_sm\n  trg_pipeline: blank:en\n  trg_lang: grc\n"
+    config = load_config(write(tmp_path, text))
+    assert (config.data.src_pipeline, config.data.trg_pipeline) == ("de_core_news_sm", "blank:en")

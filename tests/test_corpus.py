@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -182,4 +184,26 @@ def test_dash_reads_stdin_and_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
         read_tsv("-")
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"eins\n\xff\n")))
     with pytest.raises(UserError, match=r"^<stdin>:2: invalid UTF-8"):
+        read_lines("-")
+
+
+@pytest.mark.parametrize("name", ["fifo.txt", "fifo.txt.gz"])
+def test_a_named_pipe_is_read_as_a_stream(tmp_path: Path, name: str) -> None:
+    """Any readable path but a folder: a FIFO (`mkfifo`, `<(cmd)`, /dev/stdin) is read
+    once, from start to end, as a file is."""
+    path = tmp_path / name
+    os.mkfifo(path)
+    data = write_bytes(tmp_path / f"data{path.suffix}", "\n".join(LINES).encode() + b"\n")
+    # A daemon: were the pipe never opened for reading, the writer would wait forever.
+    threading.Thread(target=lambda: path.write_bytes(data.read_bytes()), daemon=True).start()
+    assert read_lines(path) == LINES
+
+
+def test_a_folder_or_closed_stdin_is_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(UserError, match=f"^{tmp_path}: cannot read: Is a directory"):
+        read_lines(tmp_path)
+    monkeypatch.setattr(sys, "stdin", None)  # Python's stdin when file descriptor 0 is closed
+    with pytest.raises(UserError, match="^<stdin>: closed"):
         read_lines("-")

@@ -3,6 +3,7 @@ and 3 members of different sizes, and loading members from checkpoints (toy run)
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -48,6 +49,19 @@ def test_a_step_combines_the_members_distributions(combine: str) -> None:
         assert torch.allclose(log_probs.exp().sum(1), torch.ones(2), atol=1e-5)
 
 
+def test_the_default_combination_is_the_mean_of_log_probabilities() -> None:
+    models = members(2)
+    src, lengths = random_batch([5, 3], SV, torch.Generator().manual_seed(0))
+    tokens = torch.tensor([SOS, SOS])
+    default, mean_of_logs = Ensemble(models), Ensemble(models, "log_probs")
+    assert torch.equal(
+        default.step(tokens, default.start(src, lengths))[0],
+        mean_of_logs.step(tokens, mean_of_logs.start(src, lengths))[0],
+    )
+    with pytest.raises(ValueError, match="^an ensemble needs at least one model$"):
+        Ensemble([])
+
+
 @pytest.mark.parametrize("combine", ["probs", "log_probs"])
 def test_an_ensemble_of_one_is_that_model(combine: str) -> None:
     (model,) = members(1)
@@ -90,6 +104,20 @@ def test_an_ensemble_decodes_a_sentence_alike_alone_or_in_a_batch(
         assert [h.score for h in alone] == pytest.approx([h.score for h in together[row]], abs=1e-5)
 
 
+@pytest.mark.parametrize("combine", ["probs", "log_probs"])
+def test_teacher_forced_scores_combine_the_members(combine: str) -> None:
+    models = members(2)
+    src, lengths = random_batch([7, 4], SV, torch.Generator().manual_seed(5))
+    trg_in = torch.tensor([[SOS, 4, 5, 6], [SOS, 7, 8, 9]])
+    with torch.no_grad():
+        ours = Ensemble(models, combine).sequence_log_probs(src, lengths, trg_in, 1.0)
+        alone = torch.stack([m.sequence_log_probs(src, lengths, trg_in, 1.0) for m in models])
+    expected = alone.exp().mean(0).log() if combine == "probs" else alone.mean(0)
+    torch.testing.assert_close(ours, expected)
+    with pytest.raises(ValueError, match="teacher forcing 1 or 0 only"):
+        Ensemble(models, combine).sequence_log_probs(src, lengths, trg_in, 0.5)
+
+
 def test_free_running_scores_feed_the_ensembles_own_predictions() -> None:
     ensemble = Ensemble(members(2))
     src, lengths = random_batch([7, 4], SV, torch.Generator().manual_seed(3))
@@ -129,6 +157,35 @@ def test_translator_decodes_an_ensemble_of_checkpoints(
     evaluation = evaluate(pair, SOURCES, REFERENCES, beam)
     assert evaluation.scores.bleu > 10 and math.isfinite(evaluation.free_running_loss)
     assert all(t.gates is None for t in evaluation.translations)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_translator_of_two_models_decodes_with_both(toy_translator: Translator, beam_size):
+    """Each output's score is the mean of what the two members, each scoring that output
+    alone with teacher forcing, give it: neither member's own score."""
+    (model,) = toy_translator.models
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    src, trg = toy_translator.src, toy_translator.trg
+    decode = toy_translator.decode.updated(beam_size=beam_size, alpha=0.0, combine="log_probs")
+    pair = Translator([model, other], src, trg, decode, torch.device("cpu"))
+    for source, result in zip(SOURCES, pair.translate(SOURCES, decode), strict=True):
+        ids = src.ids(src.tokenize([source])[0]).unsqueeze(0)  # [1,S]
+        output = trg.ids(result.tokens).unsqueeze(0)  # <sos> tokens <eos>
+        steps = result.attention.size(0)  # the tokens and <eos>, or the length limit
+        members = []
+        with torch.no_grad():
+            for member in (model, other):
+                log_probs = member.sequence_log_probs(
+                    ids, torch.tensor([ids.size(1)]), output[:, :-1], 1.0
+                )[0]  # [T,V]
+                scored = log_probs.gather(1, output[0, 1:].unsqueeze(1))[:steps]
+                members.append(float(scored.sum()))
+        assert result.score == pytest.approx(sum(members) / 2, abs=1e-4)
+        assert abs(members[0] - members[1]) > 1e-3, "the members disagree"
 
 
 def test_members_must_share_their_text(toy_checkpoint: Path, tmp_path: Path) -> None:

@@ -35,6 +35,13 @@ def test_loss_and_gradient_are_pytorchs(dtype: torch.dtype, smoothing: float) ->
     assert not gradient[2, 1:].any()  # the padded positions of row 2
 
 
+def test_no_label_smoothing_by_default() -> None:
+    logits, trg = logits_and_targets(torch.float32)
+    theirs = F.cross_entropy(logits.reshape(-1, 11), trg[:, 1:].reshape(-1), ignore_index=PAD,
+                             reduction="sum")  # fmt: skip
+    torch.testing.assert_close(sequence_loss(logits, trg), theirs)
+
+
 def test_the_gradient_is_made_in_the_saved_log_softmax() -> None:
     """Backward allocates no [N,V] tensor of its own: the logits' gradient lives in the
     memory the forward saved."""

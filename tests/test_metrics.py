@@ -80,6 +80,21 @@ def test_tokenized_bleu_known_value() -> None:
     assert tokenized_bleu(hypothesis, reference) == pytest.approx(expected)
 
 
+def test_tokenized_bleu_of_a_short_hypothesis() -> None:
+    """Hypothesis and reference are not interchangeable: a hypothesis shorter than its
+    reference pays the brevity penalty, and the precisions count its own n-grams."""
+    hypothesis = "The cat sat on the mat."  # 7 tokens, the reference 8
+    reference = "The cat sat on the red mat."
+    # precisions 7/7, 5/6, 3/5, 2/4; brevity penalty exp(1 - 8/7)
+    precisions = (7 / 7, 5 / 6, 3 / 5, 2 / 4)
+    expected = 100 * math.exp(1 - 8 / 7) * math.exp(sum(map(math.log, precisions)) / 4)
+    assert score_corpus([hypothesis], [reference], ENGLISH).tokenized_bleu == pytest.approx(
+        expected
+    )
+    hypothesis_tokens, reference_tokens = ENGLISH.tokenize([hypothesis, reference])
+    assert tokenized_bleu([hypothesis_tokens], [reference_tokens]) == pytest.approx(expected)
+
+
 def test_empty_hypotheses_score_zero() -> None:
     scores = score_corpus(["", "", ""], REFERENCES, ENGLISH)
     assert scores.bleu == 0 and scores.tokenized_bleu == 0

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from seq2seq.attention import AdditiveAttention
 from seq2seq.corpus import read_lines
 from seq2seq.data import collate
+from seq2seq.ensemble import Ensemble
 from seq2seq.loss import sequence_loss
 from seq2seq.metrics import tokenized_bleu
-from seq2seq.model import Seq2Seq
+from seq2seq.model import Seq2Seq, evaluating
 from seq2seq.search import greedy_search
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.vocab import EOS, PAD, SOS, Vocabulary
@@ -151,6 +152,73 @@ def test_training_forward_equals_step_by_step() -> None:
             assert torch.allclose(torch.log_softmax(logits[:, t], -1), log_probs, atol=1e-5)
 
 
+def gru(x: torch.Tensor, h: torch.Tensor, cell: torch.nn.Module, suffix: str = "") -> torch.Tensor:
+    """PyTorch's GRU update (torch.nn.GRU), written out for one vector x and state h:
+    r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z = sigmoid(W_iz x + b_iz + W_hz h + b_hz),
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h."""
+    W_ir, W_iz, W_in = getattr(cell, f"weight_ih{suffix}").chunk(3)
+    W_hr, W_hz, W_hn = getattr(cell, f"weight_hh{suffix}").chunk(3)
+    b_ir, b_iz, b_in = getattr(cell, f"bias_ih{suffix}").chunk(3)
+    b_hr, b_hz, b_hn = getattr(cell, f"bias_hh{suffix}").chunk(3)
+    r = torch.sigmoid(W_ir @ x + b_ir + W_hr @ h + b_hr)
+    z = torch.sigmoid(W_iz @ x + b_iz + W_hz @ h + b_hz)
+    n = torch.tanh(W_in @ x + b_in + r * (W_hn @ h + b_hn))
+    return (1 - z) * n + z * h
+
+
+def by_hand(model: Seq2Seq, sentence: list[int], inputs: list[int]) -> list[tuple]:
+    """docs/design.md's equations for one sentence, one vector at a time, from the weights:
+    per decoder input y_{t-1}, (log-probs [V], attention a_t [S], state s_t [D])."""
+    encoder, decoder, attention = model.encoder, model.decoder, model.decoder.attention
+    x = [encoder.embedding.weight[i] for i in sentence]
+    h, forward = torch.zeros(H, dtype=torch.double), []
+    for x_t in x:
+        forward.append(h := gru(x_t, h, encoder.rnn, "_l0"))
+    h, backward = torch.zeros(H, dtype=torch.double), []
+    for x_t in reversed(x):
+        backward.insert(0, h := gru(x_t, h, encoder.rnn, "_l0_reverse"))
+    out = [torch.cat([f, b]) for f, b in zip(forward, backward, strict=True)]  # S x [2H]
+    last = torch.cat([forward[-1], backward[0]])  # both directions' final states
+    s = torch.tanh(encoder.init_state.weight @ last + encoder.init_state.bias)  # s_0
+    W_k, b = attention.key_projection.weight, attention.key_projection.bias
+    W_q, v = attention.query_projection.weight, attention.energy_weight.weight[0]
+    steps = []
+    for y in inputs:
+        e = decoder.embedding.weight[y]
+        energies = torch.stack([v @ torch.tanh(W_k @ h_j + b + W_q @ s) for h_j in out])
+        a = torch.softmax(energies, dim=0)
+        c = sum(a_j * h_j for a_j, h_j in zip(a, out, strict=True))
+        s = gru(torch.cat([e, c]), s, decoder.rnn)  # the context joins the embedding first
+        logits = decoder.output.weight @ torch.cat([s, c, e]) + decoder.output.bias
+        steps.append((torch.log_softmax(logits, dim=0), a, s))
+    return steps
+
+
+def test_a_step_computed_by_hand_from_the_weights() -> None:
+    """Encoder, initial state, attention and decoder steps against the equations, on a
+    padded batch: search steps and the training forward both."""
+    model = tiny_model().double()
+    src, lengths = random_batch([6, 3, 5], SV, torch.Generator().manual_seed(2))
+    trg_in = torch.tensor([[SOS, 4, 5, 6], [SOS, 7, 8, 9], [SOS, 10, 4, 7]])
+    with torch.no_grad():
+        state = model.start(src, lengths)
+        searched = []
+        for t in range(trg_in.size(1)):
+            log_probs, state, weights = model.step(trg_in[:, t], state)
+            searched.append((log_probs, weights, state.hidden))
+        trained = torch.log_softmax(model(src, lengths, trg_in, teacher_forcing=1.0), dim=-1)
+        for row, length in enumerate(lengths.tolist()):
+            expected = by_hand(model, src[row, :length].tolist(), trg_in[row].tolist())
+            for t, (log_probs, attention, hidden) in enumerate(expected):
+                ours, weights, state = (tensor[row] for tensor in searched[t])
+                # search's log-probs are float32 whatever the model's precision
+                torch.testing.assert_close(ours.double(), log_probs, rtol=0, atol=1e-6)
+                torch.testing.assert_close(trained[row, t], log_probs, rtol=0, atol=1e-12)
+                torch.testing.assert_close(weights[:length], attention, rtol=0, atol=1e-12)
+                assert not weights[length:].any()  # padding gets no attention
+                torch.testing.assert_close(state, hidden, rtol=0, atol=1e-12)
+
+
 def test_teacher_forcing_zero_feeds_the_models_own_predictions() -> None:
     model = tiny_model()
     src, lengths = random_batch([6, 4], SV)
@@ -180,6 +248,18 @@ def test_teacher_forcing_ratios_train(teacher_forcing: float) -> None:
     gradients = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in gradients)
     assert model.encoder.embedding.weight.grad.abs().sum() > 0
+
+
+def test_evaluating_restores_every_modules_own_mode() -> None:
+    """Eval mode inside the block; afterwards each module's own mode, also when the block
+    raises: an ensemble made for one call leaves its members as they were."""
+    loaded, training = tiny_model(), tiny_model().train()
+    ensemble = Ensemble([loaded, training])
+    with pytest.raises(RuntimeError, match="decoding failed"), evaluating(ensemble):
+        assert not any(module.training for module in ensemble.modules())
+        raise RuntimeError("decoding failed")
+    assert not any(module.training for module in loaded.modules())
+    assert all(module.training for module in training.modules())
 
 
 def test_tutorial_initialisation() -> None:

@@ -28,9 +28,9 @@ from test_hardening import one_error_line
 
 from seq2seq import checkpoint, textio
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
+from seq2seq.config import check_spacy_name
 from seq2seq.corpus import read_lines
 from seq2seq.errors import UserError
-from seq2seq.tokenizer import is_spacy_name
 from seq2seq.translator import Translation, Translator
 
 
@@ -372,7 +372,7 @@ def test_a_tokenizer_name_that_is_not_spacys_is_refused(
 
 def test_spacy_names_pass() -> None:
     for name in ("blank:de", "blank:grc", "de_core_news_sm", "en_core_web_trf", "xx_ent_wiki_sm"):
-        assert is_spacy_name(name), name
+        assert check_spacy_name(name, "pipeline") == name
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])

@@ -1,4 +1,5 @@
-"""Greedy search: stops at <eos>, keeps each sentence's length limit, batch-independent."""
+"""Greedy search: stops at <eos>, keeps each sentence's length limit, batch-independent;
+beam search against a reference written one sentence and one beam at a time."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import math
 import pytest
 import torch
 from conftest import random_batch, tiny_model
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seq2seq.model import Seq2Seq
-from seq2seq.search import greedy_search, max_output_lengths
+from seq2seq.search import beam_search, greedy_search, length_penalty, max_output_lengths
 from seq2seq.vocab import EOS, SOS
 
 SV, TV = 13, 11
@@ -122,3 +123,64 @@ def test_batch_equals_alone_and_attention_shape(
         assert hypothesis.attention.shape == (rows, length)
         assert torch.allclose(hypothesis.attention.sum(1), torch.ones(rows), atol=1e-5)
         assert hypothesis.score <= 0
+
+
+def reference_beam_search(
+    model: Seq2Seq, src: torch.Tensor, limit: int, beam_size: int, alpha: float
+) -> list[tuple[float, list[int]]]:
+    """Beam search for one sentence src [1,S], beam by beam: each step, every unfinished
+    beam grows by every token and a finished one (<eos> emitted, or `limit` tokens) stays
+    as it is; the `beam_size` candidates best by log-probability / length penalty go on.
+    -> [(normalized score, tokens without <eos>)] of the final beams, best first."""
+
+    def normalized(beam: tuple) -> float:
+        tokens, score = beam[0], beam[1]
+        return score / float(length_penalty(torch.tensor(len(tokens)), alpha))
+
+    # (tokens emitted, <eos> included; summed log-probability; finished; decoder state)
+    beams = [((), 0.0, False, model.start(src, torch.tensor([src.size(1)])))]
+    while not all(finished for _, _, finished, _ in beams):
+        candidates = []
+        for tokens, score, finished, state in beams:
+            if finished:
+                candidates.append((tokens, score, True, state))
+                continue
+            previous = torch.tensor([tokens[-1] if tokens else SOS])
+            log_probs, after, _ = model.step(previous, state)
+            for token, log_prob in enumerate(log_probs[0].tolist()):
+                grown = (*tokens, token)
+                done = token == EOS or len(grown) >= limit
+                candidates.append((grown, score + log_prob, done, after))
+        beams = sorted(candidates, key=normalized, reverse=True)[:beam_size]
+    return [
+        (normalized(beam), [t for t in beam[0] if t != EOS])
+        for beam in sorted(beams, key=normalized, reverse=True)
+    ]
+
+
+@settings(max_examples=20)
+@given(
+    lengths=st.lists(st.integers(2, 8), min_size=1, max_size=3),
+    beam_size=st.integers(2, 4),
+    alpha=st.sampled_from([0.0, 0.6, 2.0]),
+    seed=st.integers(0, 10_000),
+)
+def test_beam_search_equals_a_reference_beam_by_beam(
+    lengths: list[int], beam_size: int, alpha: float, seed: int
+) -> None:
+    """The whole final beam (every hypothesis, its score) of each sentence: pruning at
+    each step ranks with the length penalty, as the final ranking does."""
+    torch.manual_seed(seed)
+    model = tiny_model(src_vocab=SV, trg_vocab=TV, scale=0.8)
+    with torch.no_grad():  # <eos> likelier: outputs of many lengths compete
+        model.decoder.output.bias[EOS] += 1.5
+    src, src_lengths = random_batch(lengths, SV)
+    limits = max_output_lengths(src_lengths, 1.0, 2)
+    found = beam_search(model, src, src_lengths, limits, beam_size, alpha, nbest=beam_size)
+    for row, length in enumerate(lengths):
+        with torch.no_grad():
+            expected = reference_beam_search(
+                model, src[row : row + 1, :length], int(limits[row]), beam_size, alpha
+            )
+        assert [h.tokens for h in found[row]] == [tokens for _, tokens in expected]
+        assert [h.score for h in found[row]] == pytest.approx([s for s, _ in expected], abs=1e-5)

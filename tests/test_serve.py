@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -209,6 +210,23 @@ def test_one_text_with_the_defaults(client: TestClient, toy_translator: Translat
     assert translation["truncated"] is False
 
 
+def test_truncated_says_whether_the_text_was_longer_than_max_source_length(
+    toy_translator: Translator,
+) -> None:
+    """A model whose decode.max_source_length is 4: a text of 4 tokens is whole, one of 5
+    is translated from its first 4 and says so."""
+    decode = toy_translator.decode.updated(max_source_length=4)
+    short = Translator(toy_translator.models, toy_translator.src, toy_translator.trg, decode,
+                       toy_translator.device, frozen=True)  # fmt: skip
+    texts = ["Ein Hund läuft .", "Ein Hund läuft schnell ."]
+    assert [len(tokens) for tokens in short.src.tokenize(texts)] == [4, 5]
+    with TestClient(create_app(short, LIMITS)) as client:
+        answer = client.post("/translate", json={"texts": texts}).json()
+    whole, cut = answer["translations"]
+    assert (whole["truncated"], cut["truncated"]) == (False, True)
+    assert cut["source_tokens"] == ["Ein", "Hund", "läuft", "schnell"]
+
+
 def test_concurrent_requests_are_batched_and_a_failure_fails_only_its_request(
     toy_translator: Translator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -302,9 +320,7 @@ def test_errors_name_the_setting_and_the_limit(client: TestClient) -> None:
     assert "nbest" in error({**GOOD, "nbest": 3, "beam": 2}) and "beam" in error(
         {**GOOD, "beam": 0}
     )
-    assert "--max-beam" in error({**GOOD, "beam": 7})
-    assert "--max-texts" in error({"texts": ["Ein Hund."] * 5})
-    assert "--max-chars" in error({"text": "Ein Hund. " * 9})
+    assert error({**GOOD, "beam": 7}) == "beam 7 is over this server's limit 6"
     assert error({"texts": ["Ein Hund.", ""]}) == "texts[1] is empty"
     assert error({"texts": ["Ein Hund.", 3]}).startswith("texts[1]: ")
 
@@ -419,6 +435,17 @@ def test_serve_command_errors_are_one_line(cli, toy_checkpoint: Path, tmp_path: 
             assert (code, out) == (2, "") and err.startswith(message) and err.count("\n") == 1
 
 
+def test_the_serve_options_default_to_the_limits_of_the_server() -> None:
+    """`seq2seq serve --help` shows the defaults that Limits() has (the page and tests use)."""
+    import typer.main
+
+    from seq2seq.cli import app
+
+    serve = typer.main.get_command(app).commands["serve"]
+    defaults = {param.name: param.default for param in serve.params}
+    assert {name: defaults[name] for name in asdict(Limits())} == asdict(Limits())
+
+
 def test_the_command_line_does_not_load_the_server() -> None:
     """`seq2seq --help` stays fast: FastAPI and uvicorn load only for `serve`."""
     code = "import sys, seq2seq.cli; print(sorted({'fastapi', 'uvicorn'} & set(sys.modules)))"
@@ -463,8 +490,9 @@ def test_a_real_server_batches_concurrent_clients_and_stops_gracefully(
             process.send_signal(signal.SIGTERM)
             response, answered = in_flight.result()
         assert response.status_code == 200 and answered > signalled
-        assert process.wait(60) == -signal.SIGTERM  # uvicorn re-raises it once done
+        assert process.wait(60) == 128 + signal.SIGTERM  # as every command stopped by it
         assert "Application shutdown complete" in log.read_text()
+        assert "warning:" not in log.read_text()  # only a public address is warned about
     finally:
         if process.poll() is None:
             process.kill()

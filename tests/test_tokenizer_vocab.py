@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -60,6 +63,21 @@ def test_german_round_trip(german: Tokenizer, text: str) -> None:
     assert german.detokenize(tokens) == text
 
 
+# Words that spaCy splits and the detokenizer joins again (t - shirt, is n't), words it must
+# leave apart (is not, no), and dashes beside punctuation, which stay spaced.
+ENGLISH_WORDS = ["a", "man", "is", "not", "no", "nothing", "now", "isn't", "don't", "can't",
+                 "t-shirt", "well-known", "n-gram", "x-ray"]  # fmt: skip
+AFTER_A_WORD = ["", ",", ", -", ":", ": -", " -,", " -:"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(ENGLISH_WORDS), st.sampled_from(AFTER_A_WORD)),
+                min_size=1, max_size=8))  # fmt: skip
+def test_english_word_round_trip(english: Tokenizer, words: list[tuple[str, str]]) -> None:
+    text = " ".join(word + after for word, after in words) + "."
+    (tokens,) = english.tokenize([text])
+    assert english.detokenize(tokens) == text
+
+
 def test_a_spaced_dash_in_german_stays_spaced(german: Tokenizer) -> None:
     # German keeps 't-shirt' whole, so a lone '-' token was a spaced dash.
     assert german.detokenize(["Ein", "Mann", "-", "müde", "."]) == "Ein Mann - müde."
@@ -83,9 +101,42 @@ def test_one_token_list_per_text_in_order(german: Tokenizer) -> None:
 
 
 def test_missing_pipeline_falls_back_to_blank() -> None:
-    assert Tokenizer("de", "no_such_spacy_pipeline_xyz").name == "blank:de"
+    assert Tokenizer("de", "de_nosuch_news_sm").name == "blank:de"
     assert Tokenizer("de", None).name == "blank:de"
     assert Tokenizer("de", "blank:de").name == "blank:de"
+
+
+# Tokenizes with each language,pipeline given on the command line in a fresh interpreter,
+# then prints which of the modules they would make spaCy import were imported.
+TOKENIZE = """
+import sys
+from seq2seq.tokenizer import Tokenizer
+for argument in sys.argv[1:]:
+    lang, pipeline = argument.split(",")
+    try:
+        Tokenizer(lang, pipeline or None).tokenize(["Ein Hund."])
+    except Exception as error:
+        print(type(error).__name__, error)
+print(sorted({"pytest", "spacy.lang.de.examples"} & set(sys.modules)))
+"""
+
+
+def test_spacy_is_never_given_a_name_outside_the_allow_list() -> None:
+    """Where spaCy would import a module (spacy.load, spacy.blank), whatever made the
+    tokenizer: the Python API has no config or checkpoint check in front of it."""
+    pairs = ["de,pytest", "de.examples,", "en,blank:en;x"]
+    completed = subprocess.run(
+        [sys.executable, "-c", TOKENIZE, *pairs], capture_output=True, text=True, timeout=300
+    )
+    lines = completed.stdout.splitlines()
+    assert lines == [
+        "ValueError 'pytest' is not a spaCy pipeline name (blank:<language> or a pipeline "
+        "package such as de_core_news_sm)",
+        "ValueError 'de.examples' is not a spaCy language name (a code such as de)",
+        "ValueError 'blank:en;x' is not a spaCy pipeline name (blank:<language> or a pipeline "
+        "package such as de_core_news_sm)",
+        "[]",
+    ], completed.stdout + completed.stderr
 
 
 # -- vocabulary ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ schedules, accumulation, label smoothing, bf16, logs, curves and averaging (toy 
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import math
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import seq2seq.training
 from seq2seq.checkpoint import load_checkpoint
@@ -27,7 +29,7 @@ from seq2seq.errors import UserError
 from seq2seq.evaluation import Evaluation
 from seq2seq.loss import sequence_loss
 from seq2seq.metrics import Scores
-from seq2seq.training import Trainer, train
+from seq2seq.training import Trainer, Window, train
 from seq2seq.vocab import PAD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -673,3 +675,179 @@ def test_plot_command(reference_run: Path, cli):
     assert code == 0, err
     assert out == f"{reference_run / 'curves.png'}\n"
     assert (reference_run / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+# -- what a step minimizes and logs, the batch order, bad steps, a resumed schedule ------------
+
+
+def test_a_step_follows_and_logs_the_mean_loss_per_target_token(tmp_path: Path):
+    """The update's gradients are those of the mean cross-entropy over the step's target
+    tokens (PyTorch's own cross-entropy, on a copy of the model), so a long sentence weighs
+    more than a short one; the training record logs that mean."""
+    exact = ["model.dropout=0.0", "train.teacher_forcing=1.0", "train.clip_norm=null"]
+    trainer = Trainer(config(tmp_path / "run", *exact, "train.log_every=1"), False, False)
+    indices = list(range(8))
+    batch = collate(indices, trainer.corpus.src, trainer.corpus.trg)
+    assert len({int(length) for length in (batch.trg != PAD).sum(1)}) > 1
+    reference = copy.deepcopy(trainer.model)
+    logits = reference(batch.src, batch.src_lengths, batch.trg[:, :-1], 1.0)
+    mean = F.cross_entropy(logits.flatten(0, 1), batch.trg[:, 1:].flatten(), ignore_index=PAD)
+    mean.backward()
+    trainer._train_step([indices], 1, Window())
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["kind"] == "train" and record["loss"] == pytest.approx(mean.item(), rel=1e-5)
+    for (name, ours), theirs in zip(trainer.model.named_parameters(), reference.parameters(),
+                                    strict=True):  # fmt: skip
+        assert torch.allclose(ours.grad, theirs.grad, rtol=1e-4, atol=1e-8), name
+
+
+def small_corpus(folder: Path, pairs: int) -> Path:
+    """The first `pairs` toy training pairs, and 4 validation pairs."""
+    folder.mkdir()
+    for split, count in (("train", pairs), ("val", 4)):
+        for lang in ("de", "en"):
+            lines = (ROOT / "data" / "toy" / f"{split}.{lang}").read_text(encoding="utf-8")
+            (folder / f"{split}.{lang}").write_text(
+                "".join(f"{line}\n" for line in lines.splitlines()[:count]), encoding="utf-8"
+            )
+    return folder
+
+
+def test_every_epoch_has_its_own_batch_order(tmp_path: Path, monkeypatch, no_plots):
+    """Two epochs of 24 pairs in batches of 4: each sees every pair once, in another order."""
+    seen, real_collate = [], seq2seq.training.collate
+
+    def recording(indices: list[int], src, trg):
+        seen.append(list(indices))
+        return real_collate(indices, src, trg)
+
+    monkeypatch.setattr(seq2seq.training, "collate", recording)
+    data = small_corpus(tmp_path / "data", 24)
+    train(config(tmp_path / "run", f"data.dir={data}", "train.batch_size=4", "train.epochs=2"))
+    first, second = seen[:6], seen[6:]
+    assert len(second) == 6
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(24))
+    assert first != second
+
+
+def test_non_finite_steps_stop_a_run_only_in_a_row(tmp_path: Path, monkeypatch, no_plots, capsys):
+    """train.max_bad_steps 2: bad steps 2 and 4, each followed by a good one, are survived."""
+    import seq2seq.optimization
+
+    real_loss, calls = seq2seq.optimization.sequence_loss, {"n": 0}
+
+    def nan_at_steps_2_and_4(*args, **kwargs):
+        calls["n"] += 1
+        return real_loss(*args, **kwargs) * (math.nan if calls["n"] in (2, 4) else 1.0)
+
+    monkeypatch.setattr(seq2seq.optimization, "sequence_loss", nan_at_steps_2_and_4)
+    run_dir = tmp_path / "run"
+    train(config(run_dir, "train.max_steps=5", "train.max_bad_steps=2"))
+    assert capsys.readouterr().err.count("non-finite gradients, update skipped") == 2
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 5
+
+
+def test_resume_continues_the_warmup_at_a_new_learning_rate(tmp_path: Path, no_plots):
+    """inverse_sqrt, warm-up 4 steps: 3 steps at 0.01, then resumed at 0.02; the logged rate
+    (the next step's) keeps rising and decaying as one uninterrupted run would, scaled."""
+    run_dir = tmp_path / "run"
+    schedule = ["train.scheduler=inverse_sqrt", "train.warmup_steps=4", "train.log_every=1"]
+    train(config(run_dir, *schedule, "train.max_steps=3"))
+    train(config(run_dir, *schedule, "train.max_steps=6", "train.learning_rate=0.02"), resume=True)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    rates = [r["lr"] for r in records if r["kind"] == "train"]
+    expected = [0.01 * 2 / 4, 0.01 * 3 / 4, 0.01] + [0.02 * (4 / n) ** 0.5 for n in (5, 6, 7)]
+    assert rates == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def toy_folder(toy_checkpoint: Path, tmp_path_factory) -> Path:
+    """The toy model exported as a model folder."""
+    from seq2seq.export import export
+
+    folder = tmp_path_factory.mktemp("fine_tuning") / "toy"
+    export(toy_checkpoint, folder, "float32")
+    return folder
+
+
+def validations(run_dir: Path) -> list[dict]:
+    records = map(json.loads, (run_dir / "metrics.jsonl").open())
+    return [record for record in records if record["kind"] == "valid"]
+
+
+def test_a_fine_tuning_run_takes_the_model_and_first_scores_it_as_given(
+    toy_folder: Path, toy_checkpoint: Path, tmp_path: Path, no_plots, capsys
+):
+    """The run's first validation (step 0) is the model's own greedy score on the data;
+    the run takes the model's sizes and vocabularies (not those of its smaller data) and
+    says which settings changed."""
+    from seq2seq.checkpoint import load_bundle
+    from seq2seq.evaluation import evaluate
+    from seq2seq.translator import Translator
+
+    run_dir, data = tmp_path / "run", small_corpus(tmp_path / "data", 24)
+    train(config(run_dir, f"train.init_from={toy_folder}", f"data.dir={data}", "train.max_steps=3"))
+    said = "sets the model and text settings: model.encoder.hidden_size 24 -> 48"
+    assert said in capsys.readouterr().err
+    model = load_bundle(toy_checkpoint)
+    decode = model.config.decode.updated(beam_size=1, nbest=1)  # as training validates
+    translator = Translator(model.model, model.src, model.trg, decode, torch.device("cpu"))
+    valid = [(data / f"val.{lang}").read_text("utf-8").splitlines() for lang in ("de", "en")]
+    expected = evaluate(translator, *valid).as_dict()
+    first = validations(run_dir)[0]
+    assert first["step"] == 0
+    assert {key: first[key] for key in expected} == expected
+    saved = load_checkpoint(run_dir / "last.pt")
+    assert saved["vocab"] == load_checkpoint(toy_checkpoint)["vocab"]
+    assert saved["config"]["model"]["encoder"]["hidden_size"] == 48
+    assert saved["step"] == 3  # the step count started afresh
+
+
+def shifted_toy_data(folder: Path) -> Path:
+    """The toy data in a new "domain": its English says plays where it said runs, and runs
+    where it said plays (words the toy model knows, in other places)."""
+    swap = {"runs": "plays", "plays": "runs", "run": "play", "play": "run"}
+    folder.mkdir()
+    for split in ("train", "val"):
+        shutil.copy(ROOT / "data" / "toy" / f"{split}.de", folder / f"{split}.de")
+        lines = (ROOT / "data" / "toy" / f"{split}.en").read_text("utf-8").splitlines()
+        shifted = [" ".join(swap.get(word, word) for word in line.split()) for line in lines]
+        (folder / f"{split}.en").write_text("\n".join(shifted) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_fine_tuning_on_shifted_data_improves_on_the_model(
+    toy_checkpoint: Path, tmp_path: Path, no_plots
+):
+    data = shifted_toy_data(tmp_path / "shifted")
+    run_dir = tmp_path / "run"
+    settings = [f"data.dir={data}", f"train.init_from={toy_checkpoint}", "train.epochs=2"]
+    train(config(run_dir, *settings, "train.teacher_forcing=1.0"))
+    before, after = (record["bleu"] for record in validations(run_dir))
+    assert after > before + 10, (before, after)
+
+
+def test_resuming_a_fine_tuning_run_is_exact(toy_folder: Path, tmp_path: Path, no_plots):
+    settings = [f"train.init_from={toy_folder}", "train.save_every=4"]
+    train(config(tmp_path / "straight", *settings, "train.max_steps=12"))
+    train(config(tmp_path / "resumed", *settings, "train.max_steps=5"))
+    train(config(tmp_path / "resumed", *settings, "train.max_steps=12"), resume=True)
+    assert same_weights(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt")
+
+
+def test_a_run_folder_overwritten_by_fine_tuning_its_own_model(
+    toy_run: Path, tmp_path: Path, no_plots
+):
+    """The model is read before --overwrite clears the folder that holds it."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(toy_run, run_dir)
+    train(config(run_dir, f"train.init_from={run_dir / 'best.pt'}", "train.max_steps=2"), True)
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 2
+
+
+def test_a_bad_init_from_is_one_line(tmp_path: Path, cli):
+    missing = tmp_path / "missing.pt"
+    code, _, err = cli("train", "--config", TOY, "--set", f"train.run_dir={tmp_path / 'run'}",
+                       "--init-from", missing)  # fmt: skip
+    assert code == 2 and err == f"error: train.init_from: {missing}: checkpoint not found\n"
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -87,14 +88,32 @@ def test_corpus_loss_ignores_batching(
     assert whole == pytest.approx(small, rel=1e-5)  # teacher-forced and free-running
 
 
-def test_translator_keeps_the_models_mode(toy_translator: Translator) -> None:
-    (model,) = toy_translator.models
-    model.train()
-    try:
-        toy_translator.translate([SOURCES[0]])
-        assert model.training
-    finally:
+def test_a_live_translator_decodes_in_eval_mode_and_keeps_the_models_mode(
+    toy_translator: Translator,
+) -> None:
+    """Training's translator decodes the very model it trains, in training mode (dropout
+    0.1): translations and scores are those of eval mode, and the mode stays."""
+    model = copy.deepcopy(toy_translator.models[0]).eval()
+    src, trg, decode = toy_translator.src, toy_translator.trg, toy_translator.decode
+    live = Translator(model, src, trg, decode, torch.device("cpu"))
+    for beam_size in (1, 3):
+        decode = live.decode.updated(beam_size=beam_size)
+        expected = [(t.text, t.score) for t in live.translate(SOURCES[:8], decode)]
+        model.train()
+        assert [(t.text, t.score) for t in live.translate(SOURCES[:8], decode)] == expected
+        assert all(module.training for module in model.modules())
         model.eval()
+
+
+def test_a_source_is_truncated_only_beyond_max_source_length(
+    toy_translator: Translator,
+) -> None:
+    decode = decoding(toy_translator, max_source_length=4)
+    exactly, longer = toy_translator.translate(["Ein Hund läuft .", "Ein Hund läuft schnell ."],
+                                               decode)  # fmt: skip
+    assert not exactly.truncated and exactly.source_tokens == ["Ein", "Hund", "läuft", "."]
+    assert longer.truncated and longer.source_tokens == ["Ein", "Hund", "läuft", "schnell"]
+    assert longer.attention.size(1) == 4 + 2  # <sos>, the 4 tokens translated, <eos>
 
 
 def test_from_checkpoint_refuses_foreign_files(tmp_path: Path) -> None:
