@@ -18,7 +18,7 @@ import typer
 
 from seq2seq import console
 from seq2seq.allocator import tune_malloc
-from seq2seq.config import DecodePrecision, Device
+from seq2seq.config import DecodePrecision, Device, SettingError
 from seq2seq.errors import Terminated, UserError, raise_terminated, to_stderr
 
 app = typer.Typer(
@@ -337,14 +337,15 @@ def _translator(
     from seq2seq.translator import Translator
 
     translator = Translator.from_checkpoint(models, device)
-    decode = translator.decode.updated(
-        beam_size=beam,
-        alpha=alpha,
-        replace_unk=replace_unk,
-        batch_size=batch_size,
-        precision=precision,
-        nbest=nbest,
-    )
+    options = {"beam_size": beam, "alpha": alpha, "replace_unk": replace_unk,
+               "batch_size": batch_size, "precision": precision, "nbest": nbest}
+    try:
+        decode = translator.decode.updated(**options)
+    except SettingError as error:  # name the option typed, not the config key
+        if options.get(error.key) is None:
+            raise
+        flag = "--beam" if error.key == "beam_size" else f"--{error.key.replace('_', '-')}"
+        raise UserError(f"{flag}: {error.reason}") from None
     sizes = f"vocabularies {len(translator.src.vocab)} / {len(translator.trg.vocab)}"
     console.detail(f"models: {', '.join(map(str, models))}; {sizes}; {translator.device}")
     console.detail(f"decoding: {decode.model_dump()}")

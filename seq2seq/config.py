@@ -255,7 +255,8 @@ class TrainConfig(Section):
     improvement beyond the first."""
     min_learning_rate: float = Field(1e-6, ge=0.0)
     log_every: int = Field(50, gt=0)
-    """Append a training record to metrics.jsonl every N optimizer steps."""
+    """Append a training record to metrics.jsonl every N optimizer steps; where stderr
+    is not a terminal, print a progress line as often (and at least every minute)."""
     device: Device = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Mixed precision for training: bf16 (autocast) or fp16 (autocast + gradient scaler,

@@ -1,6 +1,6 @@
 """What a person sees on stderr: messages at the chosen verbosity (`--quiet`,
-`--verbose`), progress bars on a terminal or progress lines elsewhere, and a transcript of training's messages
-in the run folder (train.log).
+`--verbose`), progress bars on a terminal or progress lines elsewhere, and a
+transcript of training's messages in the run folder (train.log).
 
 Results never go through here: they go to stdout or to a file.
 """

@@ -4,9 +4,9 @@ Every file seq2seq writes whole (checkpoints, config.yaml, curves.png, translati
 averages) goes through `replaced_when_done`: a temp file in the same folder, unique to
 this writer, renamed over the target at the end. A reader, or a second process, sees the
 old file or the new one, never half of one, and two writers never share a temp file
-(a writer killed with -9 leaves its temp file; the next write of that file removes it). A
-failed write (disk full, read-only folder, a directory in the way) is a `WriteFailed`
-naming the file: a UserError, exit 2.
+(a writer killed with -9 leaves its temp file; the next write of that file, or the start
+of a run in that folder, removes it). A failed write (disk full, read-only folder, a
+directory in the way) is a `WriteFailed` naming the file: a UserError, exit 2.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ class RunFolder:
         except BlockingIOError:
             holder = _holder(handle)
             handle.close()
-            self.refuse_while_training("wait for it to end, or choose another --run-dir", holder)
+            advice = "wait for it to end, or choose another --run-dir"
+            raise self._in_use(holder, advice) from None
         handle.truncate(0)
         handle.seek(0)
         handle.write(f"{os.getpid()}\n")
@@ -85,11 +86,13 @@ class RunFolder:
                 return _holder(handle)
             return None
 
-    def refuse_while_training(self, advice: str, holder: str | None = None) -> None:
-        """A UserError if a training holds the folder (`holder`, its PID, when known)."""
-        holder = holder or self.training()
-        if holder:
-            raise UserError(f"{self.path} is in use by a training (PID {holder}); {advice}")
+    def refuse_while_training(self, advice: str) -> None:
+        """A UserError if a training holds the folder."""
+        if holder := self.training():
+            raise self._in_use(holder, advice)
+
+    def _in_use(self, holder: str, advice: str) -> UserError:
+        return UserError(f"{self.path} is in use by a training (PID {holder}); {advice}")
 
     def owns(self, name: str) -> bool:
         """Whether `name` is one that only this folder's training may write (its config,
@@ -180,7 +183,7 @@ def check_not_run_file(path: Path) -> None:
     target = Path(os.path.realpath(path))
     if RunFolder(target.parent).owns(target.name):
         raise UserError(
-            f"{path}: is {target}, a file of the run in {target.parent}; write the output "
+            f"{path}: is the {target.name} of the run in {target.parent}; write the output "
             "to another file"
         )
 

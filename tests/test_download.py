@@ -148,6 +148,17 @@ def test_offline_names_the_url_and_the_manual_fix(tmp_path: Path, monkeypatch, c
     assert f"{url}/train.de.gz: download failed" in err and "by hand" in err
 
 
+def test_a_destination_that_is_a_file_is_one_error_line(tmp_path: Path, cli):
+    dest = tmp_path / "notes.txt"
+    dest.write_text("mine\n")
+    for folder in (dest, dest / "sub"):
+        code, out, err = cli("download", "multi30k", "--dest", folder)
+        assert code == 2 and err == f"error: {folder}: cannot create this folder: " + (
+            "File exists\n" if folder == dest else "Not a directory\n"
+        )
+    assert dest.read_text() == "mine\n"
+
+
 def test_unknown_language(tmp_path: Path):
     with pytest.raises(UserError, match="no language xx"):
         download_multi30k(tmp_path, ("de", "xx"))

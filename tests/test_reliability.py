@@ -90,6 +90,18 @@ def test_an_output_that_is_an_input_is_refused(
     assert snapshot(tmp_path) == before
 
 
+def test_an_output_that_is_the_file_on_stdin_is_refused(tmp_path: Path, toy_checkpoint: Path):
+    """`translate -o in.de < in.de`: stdin is a file like any other input (by fstat)."""
+    source = tmp_path / "in.de"
+    source.write_text("Ein Hund.\n", encoding="utf-8")
+    command = [sys.executable, "-m", "seq2seq", "translate", "-m", toy_checkpoint, "-o", "in.de"]
+    with open(source, "rb") as stdin:
+        result = subprocess.run(command, stdin=stdin, capture_output=True, cwd=tmp_path,
+                                timeout=300)  # fmt: skip
+    one_error_line(result.returncode, result.stderr.decode(), "in.de: is the input <stdin>")
+    assert source.read_text(encoding="utf-8") == "Ein Hund.\n"
+
+
 @pytest.fixture
 def old_output(tmp_path: Path) -> Path:
     """An output file from an earlier run, with its own permissions, reached by a link."""
@@ -123,23 +135,30 @@ def test_an_output_file_is_replaced_only_when_complete(
     assert temporary_files(tmp_path) == []
 
 
+def translating_into(output: Path, checkpoint: Path) -> subprocess.Popen:
+    """A translate process writing to `output`, once it has opened its temp file there;
+    it waits for more lines on its stdin."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "seq2seq", "translate", "-m", checkpoint, "-o", output],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    process.stdin.write(b"Ein Hund.\n")
+    process.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not temporary_files(output.parent):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "translate never opened its output"
+        time.sleep(0.05)
+    return process
+
+
 def test_temp_files_of_killed_writers_are_removed_by_the_next_write(
     tmp_path: Path, toy_checkpoint: Path
 ) -> None:
     """A translate killed with -9 cannot remove its temp file; the next write of the same
     output does, and leaves the temp files of writers still running alone."""
     output = tmp_path / "out.en"
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "seq2seq", "translate", "-m", toy_checkpoint, "-o", output],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
-    killed.stdin.write(b"Ein Hund.\n")
-    killed.stdin.flush()
-    deadline = time.monotonic() + 120
-    while not temporary_files(tmp_path):  # until it has opened its temp file
-        assert killed.poll() is None, killed.stderr.read().decode()
-        assert time.monotonic() < deadline, "translate never opened its output"
-        time.sleep(0.05)
+    killed = translating_into(output, toy_checkpoint)
     killed.kill()
     killed.wait()
     (orphan,) = temporary_files(tmp_path)
@@ -155,6 +174,20 @@ def test_temp_files_of_killed_writers_are_removed_by_the_next_write(
     assert code == 0
     assert temporary_files(tmp_path) == [alive.name]
     assert len(read_lines(output)) == 1
+
+
+def test_sigterm_removes_the_temp_file_as_ctrl_c_does(
+    tmp_path: Path, toy_checkpoint: Path, old_output: Path
+) -> None:
+    """SIGTERM while translate writes its output: exit 143 with one line, the old output
+    whole, no temp file left."""
+    process = translating_into(old_output, toy_checkpoint)
+    process.terminate()
+    assert process.wait(timeout=60) == 143
+    assert process.stderr.read().decode() == "stopped by SIGTERM\n"
+    process.stdin.close()
+    assert old_output.read_text(encoding="utf-8") == "old\n"
+    assert temporary_files(tmp_path) == []
 
 
 def test_a_failed_command_leaves_the_old_output(
@@ -375,20 +408,38 @@ def test_spacy_names_pass() -> None:
         assert check_spacy_name(name, "pipeline") == name
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-def test_weights_that_are_not_finite_are_refused(
-    value: float, tmp_path: Path, toy_checkpoint: Path, cli
+def set_weight(value: float) -> Callable[[dict], None]:
+    def change(weights: dict) -> None:
+        weights["decoder.rnn.weight_hh"][3, 1] = value
+
+    return change
+
+
+def integers(weights: dict) -> None:
+    for name, tensor in weights.items():
+        weights[name] = tensor.long()
+
+
+NOT_FINITE_FLOATS = "decoder.rnn.weight_hh hold NaN or infinite values"
+BAD_WEIGHTS = {
+    "nan": (set_weight(math.nan), NOT_FINITE_FLOATS),
+    "inf": (set_weight(math.inf), NOT_FINITE_FLOATS),
+    "-inf": (set_weight(-math.inf), NOT_FINITE_FLOATS),
+    "integers": (integers, "encoder.embedding.weight are int64, not floating point"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_WEIGHTS, ids=list(BAD_WEIGHTS))
+def test_weights_that_are_not_finite_floats_are_refused(
+    case: str, tmp_path: Path, toy_checkpoint: Path, cli
 ) -> None:
-    """By every command that reads a checkpoint; `average` names the file."""
-
-    def spoil(payload: dict) -> None:
-        payload["model"]["decoder.rnn.weight_hh"][3, 1] = value
-
-    bad = changed_checkpoint(toy_checkpoint, tmp_path / "bad.pt", spoil)
+    """By every command that reads a checkpoint, in one line naming the file and tensor."""
+    change, message = BAD_WEIGHTS[case]
+    bad = changed_checkpoint(toy_checkpoint, tmp_path / "bad.pt", lambda p: change(p["model"]))
     code, out, err = cli("translate", "-m", bad, input=b"Ein Hund.\n")
-    one_error_line(code, err, str(bad), "decoder.rnn.weight_hh hold NaN or infinite values")
+    one_error_line(code, err, str(bad), message)
     code, out, err = cli("average", toy_checkpoint, bad, "-o", tmp_path / "mean.pt")
-    one_error_line(code, err, str(bad), "NaN or infinite")
+    one_error_line(code, err, str(bad), message)
     assert not (tmp_path / "mean.pt").exists()
 
 

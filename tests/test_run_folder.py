@@ -143,16 +143,16 @@ def test_plot_refuses_to_draw_over_the_metrics(run_copy: Path, cli) -> None:
 OVER_RUN_FILES = {
     "plot, a link to the metrics": (["plot", "run", "-o", "link.jsonl"], "is the input"),
     "plot, ./ and ..": (["plot", "./run", "-o", "./run/../run/metrics.jsonl"], "is the input"),
-    "plot over the config": (["plot", "run", "-o", "run/config.yaml"], "a file of the run"),
+    "plot over the config": (["plot", "run", "-o", "run/config.yaml"], "of the run in"),
     "translate over last.pt": (["translate", "-m", "run/best.pt", "-o", "run/last.pt"],
-                               "a file of the run"),
+                               "of the run in"),
     "translate over the log": (["translate", "-m", "run/best.pt", "-o", "run/train.log"],
-                               "a file of the run"),
+                               "of the run in"),
     "average as a kept checkpoint": (["average", "run/best.pt", "-o", "run/ckpt-step7.pt"],
-                                     "a file of the run"),
+                                     "of the run in"),
     "evaluate over the config, through ..": (["evaluate", "--hyp", "hyp.en", "--ref",
                                               "hyp.en", "-o", "sub/../run/config.yaml"],
-                                             "a file of the run"),
+                                             "of the run in"),
 }  # fmt: skip
 
 

@@ -56,3 +56,18 @@ def test_the_shipped_model_translates_a_sentence():
     assert code == 0, err
     lines = out.split("\n")
     assert len(lines) == 4 and lines[1] == "" and "dog" in lines[0].lower()
+
+
+def test_the_server_translates_real_text_with_the_shipped_model():
+    from fastapi.testclient import TestClient
+
+    from seq2seq.serve import Limits, create_app
+    from seq2seq.translator import Translator
+
+    translator = Translator.from_checkpoint([MODEL], "cpu")
+    with TestClient(create_app(translator, Limits(max_batch=8), [str(MODEL)])) as client:
+        texts = ["Ein Hund läuft im Park.", "Zwei Männer stehen am Strand."]
+        answer = client.post("/translate", json={"texts": texts, "beam": 5}).json()
+    alone = translator.translate_nbest(texts, translator.decode.updated(beam_size=5))
+    assert [t["translation"] for t in answer["translations"]] == [c[0].text for c in alone]
+    assert "dog" in answer["translations"][0]["translation"].lower()

@@ -851,3 +851,20 @@ def test_a_bad_init_from_is_one_line(tmp_path: Path, cli):
                        "--init-from", missing)  # fmt: skip
     assert code == 2 and err == f"error: train.init_from: {missing}: checkpoint not found\n"
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_progress_lines_when_stderr_is_a_file(tmp_path: Path):
+    """Stderr to a file (nohup, a cluster job): no bar frames, but a progress line every
+    train.log_every steps with the loss, the pace, the time spent and what is left."""
+    run_dir, log = tmp_path / "run", tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = _start(_cli(run_dir, "--set", "train.max_steps=10"), stderr=stderr)
+        assert process.wait(timeout=300) == 0, log.read_text()
+    lines = [line for line in log.read_text().splitlines() if ", step " in line]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1, step 5", "epoch 1, step 10"]
+    assert re.fullmatch(
+        r"epoch 1, step 5: loss \d+\.\d{3}, [\d,]+ target tokens/s, lr 0\.01, elapsed \d+s, "
+        r"epoch ETA \d+s, budget ETA \d+s",
+        lines[0],
+    ), lines[0]
+    assert "\r" not in log.read_text() and "batch/s" not in log.read_text()
