@@ -49,7 +49,7 @@ def replaced_when_done(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
     given: /dev/stdout's link names a pipe, which no path reaches."""
     target = Path(os.path.realpath(path))
     remove_orphans(target.parent, target.name)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    temporary = temporary_beside(target)
     try:
         if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
             with open(path, "wb") as handle:
@@ -75,14 +75,23 @@ def replaced_when_done(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
         raise WriteFailed(path, f"{cause.strerror or cause}{kept}") from None
 
 
+def temporary_beside(target: Path) -> Path:
+    """A hidden name next to `target`, unique to this writer (`TEMPORARY`): for a temp file,
+    or a folder being written whole (model folders)."""
+    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
 def remove_orphans(folder: Path, name: str | None = None) -> None:
-    """Remove the temp files in `folder` (of the file `name`, or of any) whose writer died
-    before it could (kill -9): a temp file's name carries its writer's process id, and no
-    such process runs. Files named otherwise, a user's own `.notes.tmp`, stay."""
+    """Remove the temp files and folders in `folder` (of the file `name`, or of any) whose
+    writer died before it could (kill -9): a temp name carries its writer's process id, and
+    no such process runs. Files named otherwise, a user's own `.notes.tmp`, stay."""
     for orphan in folder.glob(f".{glob.escape(name) if name else '*'}.*-*.tmp"):
         made = TEMPORARY.fullmatch(orphan.name)
         if made and name in (None, made["name"]) and not is_running(int(made["writer"])):
-            orphan.unlink(missing_ok=True)
+            if orphan.is_dir() and not orphan.is_symlink():
+                shutil.rmtree(orphan, ignore_errors=True)
+            else:
+                orphan.unlink(missing_ok=True)
 
 
 def is_running(pid: int) -> bool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import torch
 from seq2seq import __version__
 from seq2seq.config import config_from_dict
 from seq2seq.errors import UserError
-from seq2seq.files import WriteFailed, make_folder
+from seq2seq.files import WriteFailed, make_folder, remove_orphans, temporary_beside
 from seq2seq.hub import is_hub_id, local_folder
 from seq2seq.tokenizer import make_tokenizers
 
@@ -188,7 +187,8 @@ def write_model_folder(
     _check_target(folder, overwrite)
     weights = _converted(model.weights, dtype)
     make_folder(folder.parent)
-    staging, retired = (_beside(folder, role) for role in ("new", "old"))
+    remove_orphans(folder.parent, folder.name)  # what an export killed with -9 left
+    staging, retired = temporary_beside(folder), temporary_beside(folder)
     try:
         staging.mkdir()
         _write_files(staging, model, weights, dtype, card)
@@ -200,11 +200,6 @@ def write_model_folder(
     finally:
         for leftover in (staging, retired):
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _beside(folder: Path, role: str) -> Path:
-    """A hidden name next to `folder`, unique to this writer."""
-    return folder.with_name(f".{folder.name}.{role}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def _check_target(folder: Path, overwrite: bool) -> None:

@@ -10,6 +10,8 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -335,6 +337,10 @@ def test_export_replaces_only_a_model_folder_and_only_when_asked(
     code, _, err = cli("export", subword_checkpoint(tmp_path / "s.pt", True), "-o", target)
     one_error_line(code, err, f"{target}: already holds a model; pass --overwrite")
     assert (target / "vocab.src.json").exists()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # an export of `target` killed with -9 left its half-written folder
+    (tmp_path / f".model.{ended.pid}-0123abcd.tmp").mkdir()
+    (tmp_path / f".model.{ended.pid}-0123abcd.tmp" / "model.safetensors").write_bytes(b"?")
     code, _, err = cli("export", tmp_path / "s.pt", "-o", target, "--overwrite")
     assert code == 0, err
     assert not (target / "vocab.src.json").exists() and (target / "sentencepiece.model").exists()
