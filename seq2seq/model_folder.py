@@ -172,8 +172,10 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             tensors = {name: weights.get_tensor(name) for name in weights.keys()}
     except (SafetensorError, OSError) as error:
         raise UserError(f"{path}: not a readable safetensors file ({error})") from None
+    # Fresh copies, not views of the file's buffer: a tensor at an unaligned offset makes
+    # CPU kernels take another path, whose rounding differs from the checkpoint's.
     return {
-        name: tensor.float() if tensor.is_floating_point() else tensor
+        name: tensor.to(torch.float32 if tensor.is_floating_point() else tensor.dtype, copy=True)
         for name, tensor in tensors.items()
     }
 
