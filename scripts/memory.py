@@ -36,7 +36,7 @@ PHASE_LINES = [
     (re.compile(r"validation at step (\d+)"), "saving best/kept, curves"),
     (re.compile(r"epoch (\d+) done"), "saving last.pt"),
     (re.compile(r"finished after"), "finishing"),
-    (re.compile(r"averaging \d+ checkpoints"), "averaging, saving"),
+    (re.compile(r"averaging \d+ checkpoints?"), "averaging, saving"),
 ]
 TRAINING_LINES = re.compile(r"^(model: |saved )")  # training resumes after these
 EPOCH_DONE = re.compile(r"epoch (\d+) done")

@@ -2,7 +2,7 @@
 
 Training allocates tensors whose shapes change with every batch (the longest sentence
 sets the padded length). glibc's default raises its mmap threshold to the size of the
-largest block freed so far (up to 32 MB): after the first large tensor is freed, every
+largest block freed so far (up to 32 MiB): after the first large tensor is freed, every
 later tensor below that size comes from the heap arenas, where blocks of ever-changing
 sizes fragment the heap and freed memory is kept instead of returned to the system
 (docs/memory.md measures it). Fixing the threshold keeps large tensors in their own
@@ -11,8 +11,9 @@ small blocks, and its free top is returned above 1 MiB.
 
 `tune_malloc` applies this once, when `train` starts, on glibc only; a setting the user
 made with glibc's environment variable (MALLOC_MMAP_THRESHOLD_...) is left as the user
-made it. Decoding (translate, evaluate, serve) keeps glibc's default: at batch 64 its
-per-step [64,V] tensors would each be a fresh mapping: a third slower, for 18-97 MB less.
+made it. Decoding (translate, evaluate, serve) keeps glibc's default: its per-step [B,V]
+tensors would each be a fresh mapping, made and unmapped at every output step, where the
+heap reuses its blocks.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from seq2seq.config import DecodeConfig
-from seq2seq.translator import Translation
+from seq2seq.translation import Translation
 
 TranslateFn = Callable[[list[str], DecodeConfig], list[list[Translation]]]
 

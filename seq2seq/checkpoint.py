@@ -20,7 +20,6 @@ without training state, and passes the same checks.
 
 from __future__ import annotations
 
-import os
 import pickle
 import warnings
 import zipfile
@@ -35,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 from seq2seq.config import Config, check_spacy_name, config_from_dict
 from seq2seq.errors import UserError
-from seq2seq.files import write_atomic
+from seq2seq.files import same_file, write_atomic
 from seq2seq.model import Seq2Seq
 from seq2seq.model_folder import SavedModel, is_model_folder, read_model_folder
 from seq2seq.text import TextSide
@@ -178,7 +177,8 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     Config, vocabularies and tokenizers come from the first checkpoint; all must share
     them (weights of different vocabularies cannot be averaged). No training state.
     One checkpoint is open at a time, added into a float64 running sum: the peak memory
-    is the sum (2x the weights) and one checkpoint, whatever the number averaged."""
+    is the sum (float64: twice the weights' float32 bytes) and one checkpoint, whatever
+    the number averaged."""
     if not paths:
         raise UserError("average: no checkpoints given")
     first = load_checkpoint(paths[0])
@@ -188,7 +188,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     del first
     for index, path in enumerate(paths[1:], 1):
         payload = load_checkpoint(path)  # first: a missing file is named as missing
-        twin = next((other for other in paths[:index] if os.path.samefile(other, path)), None)
+        twin = next((other for other in paths[:index] if same_file(other, path)), None)
         if twin is not None:
             raise UserError(f"{path}: the same file as {twin}; an average takes each once")
         if payload["vocab"] != kept["vocab"] or payload["model"].keys() != total.keys():

@@ -8,46 +8,120 @@ Messages go through `console` (--quiet, --verbose); results go to stdout or a fi
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
-from seq2seq import console
+from seq2seq import console, versions
 from seq2seq.allocator import tune_malloc
-from seq2seq.config import DecodePrecision, Device, SettingError
+from seq2seq.config import DecodePrecision, Device, Runtime, SettingError
 from seq2seq.errors import Terminated, UserError, raise_terminated, to_stderr
 
+if TYPE_CHECKING:
+    from typer._click import HelpFormatter
+
 app = typer.Typer(
-    help="Train, run and score attention-based GRU neural machine translation models.",
+    help="Train, run and score attention-based GRU neural machine translation models.\n\n"
+    "--debug, --quiet and --verbose go before or after the command's name.",
     # Plain Click help, wrapped between words, and no boxed error panels: main() prints
     # every error as one line.
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
 _debug = False
+# The options of `seq2seq` itself (`_options`) that every command takes too, after its name.
+GLOBAL_OPTIONS = ("debug", "quiet", "verbose")
+
+
+class Command(TyperCommand):
+    """Every command: Click's names for its arguments in its help (`RUN_DIR`, `SOURCE...`,
+    where Typer writes `{run_dir}` and `<list[Path]>`), and the global options after its
+    name as well as before it."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        # The root's own --debug, --quiet and --verbose: declared once, shown in every
+        # command's help, and parsed by Click wherever they stand, so `--input -q` still
+        # names a file. Moving them in argv before Click parses it would take a second
+        # parser that knows which options take a value.
+        shared = [p for p in ctx.find_root().command.params if p.name in GLOBAL_OPTIONS]
+        help_option = self.get_help_option(ctx)
+        return [*self.params, *shared, *([help_option] if help_option else [])]
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        before = ctx.find_root().params  # those given before the command's name
+        after = {name: ctx.params.pop(name) for name in GLOBAL_OPTIONS}
+        _apply_options(**{name: before[name] or after[name] for name in GLOBAL_OPTIONS})
+        return super().invoke(ctx)
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        arguments = [p for p in self.get_params(ctx) if isinstance(p, TyperArgument)]
+        options = [self.options_metavar] if self.options_metavar else []
+        return [*options, *map(_argument_name, arguments)]
+
+    def format_options(self, ctx: typer.Context, formatter: HelpFormatter) -> None:
+        titles = ("Arguments", "Options", "Global options")
+        sections: dict[str, list[tuple[str, str]]] = {title: [] for title in titles}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if isinstance(param, TyperArgument):
+                sections["Arguments"].append((_argument_name(param), record[1]))
+            else:
+                global_option = param.name in GLOBAL_OPTIONS
+                sections["Global options" if global_option else "Options"].append(record)
+        for title, records in sections.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+def _argument_name(argument: TyperArgument) -> str:
+    """`RUN_DIR`, `SOURCE...` (repeatable), `[FILE]` (optional)."""
+    name = (argument.metavar or argument.name or "").upper()
+    name += "..." if argument.nargs != 1 else ""
+    return name if argument.required else f"[{name}]"
+
+
+def command(*examples: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a command. The first paragraph of its docstring is its summary in
+    `seq2seq --help`, given whole (Click would cut it to fit the terminal, with "...");
+    the examples end its --help, one per line as typed."""
+
+    def register(function: Callable[..., None]) -> Callable[..., None]:
+        summary = " ".join((inspect.getdoc(function) or "").split("\n\n")[0].split())
+        title = "Examples:" if len(examples) > 1 else "Example:"
+        lines = "\n".join(f"  {example}" for example in examples)
+        epilog = f"{title}\n\n\b\n{lines}"  # \b: Click keeps the paragraph's lines as they are
+        return app.command(cls=Command, short_help=summary, epilog=epilog)(function)
+
+    return register
+
+
+def _option(metavar: str, help: str, *names: str, **checks: Any) -> Any:
+    """An option that takes a value, shown as `--name METAVAR` in --help (FILE, N, ...)."""
+    return typer.Option(*names, metavar=metavar, help=help, **checks)
 
 
 def _print_versions(asked: bool) -> None:
     if asked:
-        typer.echo(versions())
+        typer.echo(version_line())
         raise typer.Exit()
 
 
-def versions() -> str:
-    """`seq2seq 0.1.0 (torch 2.13.0, spaCy 3.8.18, sacreBLEU 2.6.0, Python 3.11.2)`,
-    read from the installed packages' metadata (no slow imports)."""
-    import platform
-    from importlib.metadata import version
-
-    import seq2seq
-
-    names = {"torch": "torch", "spaCy": "spacy", "sacreBLEU": "sacrebleu"}
-    found = ", ".join(f"{name} {version(package)}" for name, package in names.items())
-    return f"seq2seq {seq2seq.__version__} ({found}, Python {platform.python_version()})"
+def version_line() -> str:
+    """`seq2seq 0.1.0 (torch 2.13.0, spaCy 3.8.18, sacreBLEU 2.6.0, Python 3.11.2)`."""
+    names = {"torch": "torch", "spacy": "spaCy", "sacrebleu": "sacreBLEU"}
+    found = versions(*names)
+    packages = ", ".join(f"{name} {found[package]}" for package, name in names.items())
+    return f"seq2seq {found['seq2seq']} ({packages}, Python {found['python']})"
 
 
 @app.callback(invoke_without_command=True)
@@ -76,6 +150,13 @@ def _options(
         ),
     ] = False,
 ) -> None:
+    _apply_options(debug, quiet, verbose)
+    if context.invoked_subcommand is None:  # `seq2seq` alone: what it can do
+        typer.echo(context.get_help())
+        raise typer.Exit()
+
+
+def _apply_options(debug: bool, quiet: bool, verbose: bool) -> None:
     global _debug
     _debug = debug
     if quiet and verbose:
@@ -83,29 +164,31 @@ def _options(
     console.set_verbosity(
         console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL
     )
-    if context.invoked_subcommand is None:
-        raise UserError("no command given; seq2seq --help lists them")
 
 
-@app.command()
+@command(
+    "seq2seq train --config configs/toy.yaml",
+    "seq2seq train --run-dir runs/toy --resume --set train.epochs=20",
+)
 def train(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    config: Annotated[Path | None, _option("FILE", "YAML config file.", "--config", "-c")] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override a config key: section.key=value (repeatable)."),
+        _option("KEY=VALUE", "Override a config key, as in train.epochs=20 (repeatable).", "--set"),
     ] = None,
     run_dir: Annotated[
-        Path | None, typer.Option("--run-dir", help="Run folder (overrides train.run_dir).")
+        Path | None, _option("RUN_DIR", "Run folder (overrides train.run_dir).", "--run-dir")
     ] = None,
     resume: Annotated[
         bool,
         typer.Option(
+            "--resume",
             help="Continue the run in the run folder from its last.pt, exactly where it stopped; "
-            "without --config, the folder's own config.yaml is used."
+            "without --config, the folder's own config.yaml is used.",
         ),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace a run already in the run folder.")
+        bool, typer.Option("--overwrite", help="Replace a run already in the run folder.")
     ] = False,
     init_from: Annotated[
         str | None,
@@ -117,15 +200,19 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train a model: best.pt, last.pt, config.yaml, metrics.jsonl, curves.png in the run folder."""
+    """Train a model from a YAML config into a run folder.
+
+    The run folder gets best.pt, last.pt, config.yaml, metrics.jsonl, train.log and
+    curves.png; --resume continues a run where it stopped."""
     tune_malloc()  # before torch starts its threads; training only: docs/memory.md
+    from seq2seq.distributed import launched
     from seq2seq.training import Diverged, Interrupted, resolve_run
     from seq2seq.training import train as run_training
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     resolved = resolve_run(config, set_ or [], run_dir, resume, init_from)
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
+    main_rank = launched().is_main  # under torchrun, rank 0 speaks
     try:
         folder = run_training(resolved, overwrite=overwrite, resume=resume)
     except Interrupted as stop:
@@ -140,31 +227,39 @@ def train(
         console.info(f"done: {folder / 'best.pt'}")
 
 
-@app.command()
+@command("seq2seq download multi30k --dest data/multi30k")
 def download(
-    dataset: Annotated[Literal["multi30k"], typer.Argument(help="The dataset.")],
-    dest: Annotated[Path, typer.Option("--dest", help="Folder to put the files in.")],
+    dataset: Annotated[
+        Literal["multi30k"], typer.Argument(metavar="DATASET", help="The dataset: multi30k.")
+    ],
+    dest: Annotated[Path, _option("DIR", "Folder to put the files in.", "--dest")],
     lang: Annotated[
-        list[str] | None, typer.Option("--lang", help="Languages to fetch (default: all four).")
+        list[str] | None,
+        _option("LANG", "A language to fetch, repeatable (default: all four).", "--lang"),
     ] = None,
-    url: Annotated[str | None, typer.Option(help="Base URL of a mirror of data/task1/raw.")] = None,
+    url: Annotated[str | None, _option("URL", "Base URL of a mirror of data/task1/raw.")] = None,
 ) -> None:
-    """Fetch Multi30k task 1 (train, val, test_2016_flickr; de, en, fr, cs), SHA-256 checked."""
+    """Fetch Multi30k task 1, each file SHA-256 checked.
+
+    Its train, val and test_2016_flickr splits, in German, English, French and Czech
+    (de, en, fr, cs)."""
     from seq2seq.download import MULTI30K_LANGUAGES, download_multi30k
 
     paths = download_multi30k(dest, tuple(lang or MULTI30K_LANGUAGES), url)
     console.info(f"{len(paths)} verified files in {dest}")
 
 
-@app.command()
+@command("seq2seq plot runs/toy")
 def plot(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="The PNG (default: RUN_DIR/curves.png).")
+        Path | None, _option("FILE", "The PNG (default: RUN_DIR/curves.png).", "--output", "-o")
     ] = None,
 ) -> None:
-    """Draw a run's training curves (loss, perplexity, BLEU) into RUN_DIR/curves.png; while
-    the run trains (and redraws that file itself), into RUN_NAME-curves.png here."""
+    """Draw a run's training curves: loss, perplexity, BLEU.
+
+    Into RUN_DIR/curves.png; while the run trains (and redraws that file itself), into
+    RUN_NAME-curves.png in the current folder."""
     from seq2seq import textio
     from seq2seq.plots import plot_run
     from seq2seq.run_folder import RunFolder
@@ -176,59 +271,80 @@ def plot(
     textio.print_result(str(plot_run(run_dir, output)))
 
 
-@app.command()
+@command("seq2seq average runs/toy --output runs/toy/averaged.pt")
 def average(
     sources: Annotated[
         list[Path],
         typer.Argument(
-            help="A run folder (its kept ckpt-step*.pt files), checkpoint files, model "
-            "folders or Hub ids (hf:ORG/NAME[@REVISION])."
+            metavar="RUN_DIR|MODEL",
+            help="A run folder (the checkpoints it kept: train.keep_checkpoints), checkpoint "
+            "files, model folders or Hub ids (hf:ORG/NAME[@REVISION]).",
         ),
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Averaged checkpoint to write (a file).")
+        Path, _option("CKPT", "Averaged checkpoint to write (a file).", "--output", "-o")
     ],
 ) -> None:
-    """Average the weights of several checkpoints into one self-contained checkpoint."""
+    """Average the weights of checkpoints into one checkpoint.
+
+    The average is self-contained: translate, evaluate, serve and export take it like any
+    other checkpoint."""
     from seq2seq import textio
     from seq2seq.checkpoint import average_checkpoints, save_checkpoint
-    from seq2seq.hub import is_hub_id, local_folder
-    from seq2seq.model_folder import CONFIG
     from seq2seq.run_folder import RunFolder
     from seq2seq.textio import is_standard
 
     if is_standard(output):
         raise UserError("--output -: a checkpoint is binary and goes to a file, not stdout")
-    paths: list[Path] = []
-    for source in sources:
-        if is_hub_id(source):  # its folder in the cache: the same-file check compares paths
-            paths.append(local_folder(source))
-        elif source.is_dir() and not (source / CONFIG).is_file():
-            found = RunFolder(source).all_kept()
-            if not found:
-                raise UserError(
-                    f"{source}: no ckpt-step*.pt files (train with train.keep_checkpoints=k)"
-                )
-            paths.extend(found)
-        else:
-            paths.append(source)
+    paths = [path for source in sources for path in _checkpoints_of(source)]
     textio.check_output(output, paths)
     RunFolder(Path(os.path.realpath(output)).parent).refuse_while_training(
         "write the average elsewhere"
     )
     if len(paths) == 1:
         console.warn(f"{paths[0]} is the only checkpoint: the average is a copy of its weights")
-    console.detail(f"averaging {len(paths)} checkpoints")  # with --verbose: scripts/memory.py
+    checkpoints = _count(len(paths), "checkpoint")
+    console.detail(f"averaging {checkpoints}")  # with --verbose: scripts/memory.py
     save_checkpoint(average_checkpoints(paths), output)
-    console.info(f"averaged {len(paths)} checkpoints into {output}")
+    console.info(f"averaged {checkpoints} into {output}")
 
 
-@app.command()
+def _checkpoints_of(source: Path) -> list[Path]:
+    """What `average` reads for one source: a run folder's kept checkpoints, a Hub id's
+    folder in the cache (the same-file check compares paths), or the path itself."""
+    from seq2seq.hub import is_hub_id, local_folder
+    from seq2seq.model_folder import CONFIG
+    from seq2seq.run_folder import RunFolder
+
+    if is_hub_id(source):
+        return [local_folder(source)]
+    if not source.is_dir() or (source / CONFIG).is_file():
+        return [source]
+    kept = RunFolder(source).all_kept()
+    if not kept:
+        raise UserError(
+            f"{source}: no ckpt-step*.pt files to average; train with --set "
+            "train.keep_checkpoints=5 to keep the 5 best validated checkpoints (a resumed "
+            "run keeps them from then on), or average checkpoint files: seq2seq average "
+            "A.pt B.pt --output avg.pt"
+        )
+    return kept
+
+
+def _count(number: int, noun: str) -> str:
+    """`1 checkpoint`, `3 checkpoints`."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+@command("seq2seq export runs/toy/averaged.pt --output models/toy --evaluate")
 def export(
     model: Annotated[
-        Path, typer.Argument(help="Checkpoint (.pt), model folder or Hub id hf:ORG/NAME.")
+        Path,
+        typer.Argument(
+            metavar="MODEL", help="Checkpoint (.pt), model folder or Hub id hf:ORG/NAME."
+        ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
+    output: Annotated[Path, _option("DIR", "The model folder to write.", "--output", "-o")],
     dtype: Annotated[
         Literal["float32", "float16", "bfloat16"],
         typer.Option(help="How the weights are stored (they are read back as float32)."),
@@ -242,25 +358,33 @@ def export(
         ),
     ] = False,
     data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Where the test split is (default: the model's data.dir)."),
+        Path | None, _option("DIR", "Where the test split is (default: the model's data.dir).")
     ] = None,
     license: Annotated[
-        str | None,
-        typer.Option(help="The model card's license id (default: other; see the card)."),
+        str | None, _option("ID", "The model card's license id (default: other; see the card).")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace a model folder already at --output.")
+        bool, typer.Option("--overwrite", help="Replace a model folder already at --output.")
+    ] = False,
+    onnx: Annotated[
+        bool,
+        typer.Option(
+            "--onnx",
+            help="Also write the model as ONNX graphs (fp32 and int8), which translate, "
+            "evaluate and serve run on onnxruntime, without torch.",
+        ),
     ] = False,
 ) -> None:
-    """Write a model as a folder: config.json, model.safetensors, tokenizer files and a
-    Hugging Face model card (README.md); --model takes the folder wherever it takes a .pt."""
+    """Write a model as a folder, with a model card, to share it.
+
+    The folder holds config.json, model.safetensors, the tokenizer files and a Hugging Face
+    model card (README.md); --model takes it wherever it takes a .pt."""
     from seq2seq.export import export as run_export
     from seq2seq.textio import is_standard
 
     if is_standard(output):
         raise UserError("--output -: a model folder is a folder, not stdout")
-    run_export(model, output, dtype, evaluate, data_dir, license, overwrite)
+    run_export(model, output, dtype, evaluate, data_dir, license, overwrite, onnx)
 
 
 ModelOption = Annotated[
@@ -275,11 +399,11 @@ ModelOption = Annotated[
 ]
 BeamOption = Annotated[
     int | None,
-    typer.Option("--beam", min=1, help="Beam size; 1 is greedy (default: decode.beam_size)."),
+    _option("N", "Beam size; 1 is greedy (default: decode.beam_size).", "--beam", min=1),
 ]
 AlphaOption = Annotated[
     float | None,
-    typer.Option("--alpha", min=0.0, help="Length penalty alpha (default: decode.alpha)."),
+    _option("ALPHA", "Length penalty alpha (default: decode.alpha).", "--alpha", min=0.0),
 ]
 ReplaceUnkOption = Annotated[
     bool | None,
@@ -291,7 +415,7 @@ ReplaceUnkOption = Annotated[
 ]
 BatchOption = Annotated[
     int | None,
-    typer.Option("--batch-size", min=1, help="Sentences per batch (default: decode.batch_size)."),
+    _option("N", "Sentences per batch (default: decode.batch_size).", "--batch-size", min=1),
 ]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where to run the model.")]
 PrecisionOption = Annotated[
@@ -300,6 +424,14 @@ PrecisionOption = Annotated[
         "--precision",
         help="bf16: faster on AMX CPUs and GPUs; int8: faster on any x86 CPU, output can "
         "differ (default: decode.precision).",
+    ),
+]
+RuntimeOption = Annotated[
+    Runtime,
+    typer.Option(
+        "--runtime",
+        help="What runs the model: onnxruntime (no torch; a model folder exported with "
+        "--onnx, CPU, fp32 or int8) or torch; auto takes onnxruntime where it can.",
     ),
 ]
 
@@ -317,6 +449,7 @@ PlotOption = Annotated[
     Path | None,
     typer.Option(
         "--plot-attention",
+        metavar="DIR",
         help="Write an attention heatmap per sentence into this folder (000001.png...).",
     ),
 ]
@@ -331,12 +464,13 @@ def _translator(
     batch_size: int | None,
     precision: str | None,
     nbest: int | None = None,
+    runtime: Runtime = "auto",
 ):
     """Load the checkpoint(s) -> (translator, its decode settings with the command line's
     options applied and validated)."""
-    from seq2seq.translator import Translator
+    from seq2seq.translation import open_translator
 
-    translator = Translator.from_checkpoint(models, device)
+    translator = open_translator(models, device, runtime, precision)
     options = {"beam_size": beam, "alpha": alpha, "replace_unk": replace_unk,
                "batch_size": batch_size, "precision": precision, "nbest": nbest}
     try:
@@ -347,24 +481,28 @@ def _translator(
         flag = "--beam" if error.key == "beam_size" else f"--{error.key.replace('_', '-')}"
         raise UserError(f"{flag}: {error.reason}") from None
     sizes = f"vocabularies {len(translator.src.vocab)} / {len(translator.trg.vocab)}"
-    console.detail(f"models: {', '.join(map(str, models))}; {sizes}; {translator.device}")
+    where = f"{translator.runtime} on {translator.device}"
+    console.detail(f"models: {', '.join(map(str, models))}; {sizes}; {where}")
     console.detail(f"decoding: {decode.model_dump()}")
     return translator, decode
 
 
-@app.command()
+@command(
+    "seq2seq translate --model models/multi30k-de-en-small < in.de > out.en",
+    "echo 'Zwei Hunde spielen.' | seq2seq translate -m runs/toy/best.pt --nbest 3",
+)
 def translate(
     model: ModelOption,
     input: Annotated[
-        Path | None, typer.Option("-i", "--input", help="Text to translate (default, -: stdin).")
+        Path | None, _option("FILE", "Text to translate (default, -: stdin).", "-i", "--input")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Where to write (default, -: stdout).")
+        Path | None, _option("FILE", "Where to write (default, -: stdout).", "-o", "--output")
     ] = None,
     beam: BeamOption = None,
     alpha: AlphaOption = None,
     nbest: Annotated[
-        int, typer.Option(min=1, help="Write the N best: line<TAB>rank<TAB>score<TAB>text.")
+        int, _option("N", "Write the N best: line<TAB>rank<TAB>score<TAB>text.", min=1)
     ] = 1,
     scores: Annotated[bool, typer.Option("--scores", help="Write score<TAB>text.")] = False,
     as_json: JsonLinesOption = False,
@@ -373,16 +511,19 @@ def translate(
     batch_size: BatchOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = None,
+    runtime: RuntimeOption = "auto",
 ) -> None:
-    """Translate one sentence per line: exactly one output line per input line, in order
-    (N lines with --nbest N). Reads and writes in batches as lines arrive."""
+    """Translate one sentence per line, from stdin or a file.
+
+    Exactly one output line per input line, in order (N lines with --nbest N); reads and
+    writes in batches as lines arrive."""
     from seq2seq import textio
     from seq2seq.corpus import STDIN
     from seq2seq.files import make_folder
 
     textio.check_output(output, [input or Path(STDIN), *model])
     translator, decode = _translator(
-        model, device, beam, alpha, replace_unk, batch_size, precision, nbest
+        model, device, beam, alpha, replace_unk, batch_size, precision, nbest, runtime
     )
     lines, name, interactive = textio.input_lines(input)
     if plot_attention:
@@ -403,27 +544,25 @@ def translate(
             sink.flush()
 
 
-@app.command()
+@command(
+    "seq2seq evaluate -m runs/toy/best.pt --src test.de --ref test.en",
+    "seq2seq evaluate --hyp out.en --ref test.en --json",
+)
 def evaluate(
-    ref: Annotated[Path | None, typer.Option(help="Reference translations, one per line.")] = None,
-    tsv: Annotated[Path | None, typer.Option(help="Source<TAB>reference lines.")] = None,
+    ref: Annotated[Path | None, _option("FILE", "Reference translations, one per line.")] = None,
+    tsv: Annotated[Path | None, _option("FILE", "Source<TAB>reference lines.")] = None,
     model: Annotated[
         list[Path] | None,
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            help="Checkpoint (.pt), model folder or Hub id to translate the sources with; "
-            "repeat it for an ensemble.",
-        ),
-    ] = None,
-    src: Annotated[Path | None, typer.Option(help="Source sentences, aligned with --ref.")] = None,
-    hyp: Annotated[Path | None, typer.Option(help="Translations to score, not to make.")] = None,
+        _option("MODEL", "Checkpoint (.pt), model folder or Hub id to translate the sources "
+                "with; repeat it for an ensemble.", "--model", "-m"),
+    ] = None,  # fmt: skip
+    src: Annotated[Path | None, _option("FILE", "Source sentences, aligned with --ref.")] = None,
+    hyp: Annotated[Path | None, _option("FILE", "Translations to score, not to make.")] = None,
     lang: Annotated[
-        str, typer.Option(help="Target language for tokenized BLEU of --hyp without --model.")
+        str, _option("LANG", "Target language for tokenized BLEU of --hyp without --model.")
     ] = "en",
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Also write the translations here.")
+        Path | None, _option("FILE", "Also write the translations here.", "--output", "-o")
     ] = None,
     beam: BeamOption = None,
     alpha: AlphaOption = None,
@@ -431,11 +570,14 @@ def evaluate(
     batch_size: BatchOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = None,
+    runtime: RuntimeOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Score translations against references (--ref, or --tsv): sacreBLEU BLEU and chrF
-    (with signatures), tokenized BLEU, perplexity. Translates the sources (--src, or
-    --tsv) with --model, or scores the lines of --hyp. Any one file may be - (stdin)."""
+    """Score translations: BLEU, chrF, tokenized BLEU, perplexity.
+
+    Against references (--ref, or --tsv), sacreBLEU's scores with their signatures.
+    Translates the sources (--src, or --tsv) with --model, or scores the lines of --hyp.
+    Any one file may be - (stdin)."""
     from seq2seq import textio
 
     if output is not None and textio.is_standard(output):
@@ -447,7 +589,7 @@ def evaluate(
     translator = decode = None
     if model:
         translator, decode = _translator(
-            model, device, beam, alpha, replace_unk, batch_size, precision
+            model, device, beam, alpha, replace_unk, batch_size, precision, runtime=runtime
         )
     if hyp is not None:
         scores = _score_file(lines, references, translator, lang)
@@ -496,47 +638,46 @@ def _evaluation_text(
     return lines, references
 
 
-@app.command()
+@command("seq2seq serve --model models/multi30k-de-en-small --port 8000")
 def serve(
     model: ModelOption,
     host: Annotated[
-        str, typer.Option(help="Address to listen on; the default answers this machine only.")
+        str, _option("HOST", "Address to listen on; the default answers this machine only.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one (printed).")] = 8000,
+    port: Annotated[int, _option("PORT", "Port; 0 picks a free one (printed).")] = 8000,
     device: DeviceOption = "auto",
-    max_batch: Annotated[
-        int, typer.Option(min=1, help="Most sentences in one decoder batch.")
-    ] = 64,
+    max_batch: Annotated[int, _option("N", "Most sentences in one decoder batch.", min=1)] = 64,
     max_wait_ms: Annotated[
-        float, typer.Option(min=0.0, help="How long a request waits for others to batch with.")
+        float, _option("MS", "How long a request waits for others to batch with.", min=0.0)
     ] = 5.0,
-    max_chars: Annotated[int, typer.Option(min=1, help="Most characters in one text.")] = 2000,
-    max_texts: Annotated[int, typer.Option(min=1, help="Most texts in one request.")] = 64,
-    max_beam: Annotated[int, typer.Option(min=1, help="Largest beam a request may ask for.")] = 10,
-    max_nbest: Annotated[
-        int, typer.Option(min=1, help="Largest nbest a request may ask for.")
-    ] = 10,
+    max_chars: Annotated[int, _option("N", "Most characters in one text.", min=1)] = 2000,
+    max_texts: Annotated[int, _option("N", "Most texts in one request.", min=1)] = 64,
+    max_beam: Annotated[int, _option("N", "Largest beam a request may ask for.", min=1)] = 10,
+    max_nbest: Annotated[int, _option("N", "Largest nbest a request may ask for.", min=1)] = 10,
     max_translations: Annotated[
-        int, typer.Option(min=1, help="Most translations (texts x nbest) in one answer.")
+        int, _option("N", "Most translations (texts x nbest) in one answer.", min=1)
     ] = 256,
     max_attention: Annotated[
-        int, typer.Option(min=1, help="Most translations in one answer with attention.")
+        int, _option("N", "Most translations in one answer with attention.", min=1)
     ] = 10,
     request_timeout: Annotated[
         float,
-        typer.Option(
-            min=0.1, help="Seconds a client has to send a request's headers, then its body."
+        _option(
+            "SECONDS", "Seconds a client has to send a request's headers, then its body.", min=0.1
         ),
     ] = 10.0,
     grace: Annotated[
         float,
-        typer.Option(min=0.0, help="Seconds the requests in flight have to finish after SIGTERM."),
+        _option("SECONDS", "Seconds the requests in flight have to finish after SIGTERM.", min=0.0),
     ] = 10.0,
     precision: PrecisionOption = None,
+    runtime: RuntimeOption = "auto",
 ) -> None:
-    """Serve translations over HTTP: POST /translate, GET /health, GET /info, a page at /.
-    Concurrent requests are decoded together in batches; SIGTERM or Ctrl-C stops the server
-    once the requests in flight are answered, or --grace seconds have passed."""
+    """Serve translations over HTTP, with a page at /.
+
+    POST /translate, GET /health, GET /info. Concurrent requests are decoded together in
+    batches; SIGTERM or Ctrl-C stops the server once the requests in flight are answered,
+    or --grace seconds have passed."""
     from seq2seq.serve import Limits, run
 
     limits = Limits(
@@ -551,7 +692,7 @@ def serve(
         request_timeout=request_timeout,
         grace=grace,
     )
-    run(model, host, port, device, limits, precision)
+    run(model, host, port, device, limits, precision, runtime)
 
 
 def _score_file(lines: list[str], references: list[str], translator, lang: str):

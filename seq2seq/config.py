@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,11 +24,15 @@ from pydantic import (
     model_validator,
 )
 
+from seq2seq.corpus import STDIN, stdin_lines
 from seq2seq.errors import UserError
 from seq2seq.files import write_atomic
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DecodePrecision = Literal["fp32", "bf16", "int8"]
+# Which library runs a translating model: `auto` takes onnxruntime for a model folder that
+# holds ONNX files (seq2seq export --onnx) where it can, else torch.
+Runtime = Literal["auto", "onnxruntime", "torch"]
 
 
 class Section(BaseModel):
@@ -293,13 +296,14 @@ class DecodeConfig(Section):
     precision: DecodePrecision = "fp32"
     """bf16 runs the search under bf16 autocast: faster on GPUs and on CPUs with AMX or
     AVX512-BF16, slower elsewhere; scores can differ from fp32 in the last digits. int8
-    (CPU only): int8 weights, 2-4x faster at small batches; translations can differ."""
+    (CPU only): int8 weights, a quarter of the bytes to read, which bound a step at small
+    batches; translations can differ."""
     nbest: int = Field(1, gt=0, le=64)
     """Translations returned per sentence, best first; at most beam_size."""
     combine: Literal["probs", "log_probs"] = "log_probs"
     """Ensembles: each step's next-token scores are the mean of the members'
     log-probabilities (`log_probs`) or the log of the mean of their probabilities
-    (`probs`); on Multi30k validation the two were within 0.01 BLEU (docs/results.md)."""
+    (`probs`); docs/results.md compares the two."""
 
     @field_validator("nbest")
     @classmethod
@@ -402,8 +406,8 @@ def _check_unique_keys(node: yaml.Node | None, name: str, prefix: str, seen: set
 
 def _config_text(path: str | Path) -> tuple[str, str]:
     """(the YAML text, the name that messages give the file)."""
-    if str(path) == "-":
-        return sys.stdin.read(), "<stdin>"
+    if str(path) == STDIN:
+        return "\n".join(stdin_lines()), "<stdin>"
     try:
         return Path(path).read_text(encoding="utf-8"), str(path)
     except FileNotFoundError:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
+from seq2seq.errors import to_stderr
 from seq2seq.files import append_line
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
@@ -77,10 +76,7 @@ def stop_transcript() -> None:
 
 
 def _show(message: str, shown: bool, transcribe: bool) -> None:
-    if shown and sys.stderr is not None:  # None: file descriptor 2 was closed
-        try:
-            tqdm.write(message, file=sys.stderr)  # above a progress bar, not through it
-        except (OSError, ValueError):  # a broken or closed stderr never stops the work
-            pass
+    if shown:
+        to_stderr(f"{message}\n")
     if transcribe and _transcript is not None:
         append_line(_transcript, message)

@@ -19,12 +19,14 @@ import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from seq2seq.config import DataConfig
-from seq2seq.errors import UserError
+from seq2seq.errors import UserError, to_stderr
+from seq2seq.files import STDIN
 
-STDIN = "-"
+if TYPE_CHECKING:  # config.py reads a config from stdin through this module
+    from seq2seq.config import DataConfig
+
 TSV_SUFFIXES = (".tsv", ".tsv.gz")
 
 
@@ -33,7 +35,7 @@ def iter_lines(path: str | Path) -> Iterator[str]:
     Any readable path but a folder is read once, from start to end: a named pipe, `<(cmd)`
     and /dev/stdin as well as a file."""
     if str(path) == STDIN:
-        yield from _stdin_lines()
+        yield from stdin_lines()
         return
     path = Path(path)
     number = 0
@@ -65,8 +67,17 @@ def name(path: str | Path) -> str:
     return "<stdin>" if str(path) == STDIN else str(path)
 
 
-def _stdin_lines() -> Iterator[str]:
-    for number, raw in enumerate(without_bom(stdin()), 1):
+def stdin_lines(prompt: str = "") -> Iterator[str]:
+    """Standard input's lines, read as `iter_lines` reads a file's, each as soon as it
+    arrives; `prompt` goes to stderr before each read (a person at a terminal types them)."""
+    source = stdin()
+
+    def read() -> bytes:
+        if prompt:
+            to_stderr(prompt)
+        return source.readline()
+
+    for number, raw in enumerate(without_bom(iter(read, b"")), 1):
         yield decode_line(raw, f"<stdin>:{number}")
 
 

@@ -1,8 +1,8 @@
 """Token ids -> padded tensors: length-bucketed batches that keep padding small.
 
 Each sentence is stored once as a 1-D tensor of ids (<sos> ... <eos>); a training corpus
-keeps all of them in one tensor (`IdRows`). Batches are index lists; `collate` pads them
-and keeps the true lengths for packing.
+keeps all of them in one tensor (`IdRows`). Batches are index lists (bucketing.py, which
+this module re-exports); `collate` pads them and keeps the true lengths for packing.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from seq2seq.bucketing import make_batches as make_batches
 from seq2seq.vocab import PAD
-
-POOL_BATCHES = 50
-"""Bucketing sorts pools of this many batches by length: little padding, random order."""
 
 
 @dataclass
@@ -47,8 +45,8 @@ class Batch:
 
 
 class IdRows(Sequence[Tensor]):
-    """Id sequences end to end in one int64 tensor; row i is a view. A tensor per sentence
-    costs some 670 bytes besides its ids: 0.39 GB for 290k pairs (docs/memory.md)."""
+    """Id sequences end to end in one int64 tensor; row i is a view made when it is read,
+    so a corpus costs its ids, not a tensor object and a storage per sentence."""
 
     def __init__(self, rows: Iterable[list[int]]):
         ids, self._offsets = array("q"), array("q", [0])
@@ -78,48 +76,3 @@ def collate(indices: list[int], src: Sequence[Tensor], trg: Sequence[Tensor] | N
     if trg is not None:
         padded_trg = pad_sequence([trg[i] for i in indices], batch_first=True, padding_value=PAD)
     return Batch(padded_src, lengths, padded_trg, list(indices))
-
-
-def make_batches(
-    lengths: list[int],
-    batch_size: int,
-    unit: str = "sentences",
-    generator: torch.Generator | None = None,
-) -> list[list[int]]:
-    """Group sentence indices into batches of similar length.
-
-    `lengths[i]` is the longer side of pair i. With a generator, the corpus is shuffled,
-    sorted by length inside pools of POOL_BATCHES batches, and the batches are shuffled;
-    without one, the whole corpus is sorted (for evaluation). `unit="tokens"` makes
-    batch_size a budget of padded tokens (longest length x sentences).
-    """
-    order = list(range(len(lengths)))
-    if generator is None:
-        pools = [order]
-    else:
-        order = torch.randperm(len(lengths), generator=generator).tolist()
-        mean_length = max(1.0, sum(lengths) / max(1, len(lengths)))  # 1.0 for an empty corpus
-        per_batch = batch_size if unit == "sentences" else max(1, int(batch_size / mean_length))
-        pool_size = POOL_BATCHES * per_batch
-        pools = [order[start : start + pool_size] for start in range(0, len(order), pool_size)]
-    batches: list[list[int]] = []
-    for pool in pools:
-        batches.extend(_cut(sorted(pool, key=lambda i: lengths[i]), lengths, batch_size, unit))
-    if generator is not None:
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-    return batches
-
-
-def _cut(sorted_indices: list[int], lengths: list[int], size: int, unit: str) -> list[list[int]]:
-    batches, current, longest = [], [], 0
-    for index in sorted_indices:
-        longest_with = max(longest, lengths[index])
-        cost = len(current) + 1 if unit == "sentences" else longest_with * (len(current) + 1)
-        if current and cost > size:
-            batches.append(current)
-            current, longest_with = [], lengths[index]
-        current.append(index)
-        longest = longest_with
-    if current:
-        batches.append(current)
-    return batches

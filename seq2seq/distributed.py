@@ -33,18 +33,24 @@ class Context:
         return self.rank == 0
 
 
-def start(device_type: str, timeout_minutes: float) -> Context:
-    """Join the process group torchrun describes (NCCL on CUDA, Gloo on CPU), if any."""
+def launched() -> Context:
+    """Who torchrun made this process (a plain run: rank 0 of 1), before or without
+    joining the process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Context()
-    context = Context(
+    return Context(
         rank=int(os.environ["RANK"]),
         world_size=world_size,
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
     )
-    if not dist.is_initialized():
+
+
+def start(device_type: str, timeout_minutes: float) -> Context:
+    """Join the process group torchrun describes (NCCL on CUDA, Gloo on CPU), if any."""
+    context = launched()
+    if context.distributed and not dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(context.local_rank)
         dist.init_process_group(
@@ -55,8 +61,8 @@ def start(device_type: str, timeout_minutes: float) -> Context:
 
 
 def stop(context: Context) -> None:
-    """Leave the process group once every rank has come here: Gloo aborted a rank that
-    tore the group down while rank 0 was still saving (seen once in CI, exit -6)."""
+    """Leave the process group once every rank has come here: Gloo aborts a rank that
+    tears the group down while rank 0 is still saving."""
     if dist.is_initialized():
         barrier(context)
         dist.destroy_process_group()

@@ -1,9 +1,9 @@
 """Fetching Multi30k task 1 from the dataset's public repository, verified by SHA-256.
 
-Each file is written to a temporary name in the destination folder and renamed only
-once its checksum is right, so a half-downloaded or corrupted file never looks
-complete. Transient network failures are retried; a file that cannot be fetched ends
-the command with one line naming the URL and where to put the file by hand.
+Each file is downloaded whole and verified before it is written, atomically (files.py),
+so a half-downloaded or corrupted file never looks complete. Transient network failures
+are retried; a file that cannot be fetched ends the command with one line naming the URL
+and where to put the file by hand.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from seq2seq import console
 from seq2seq.errors import UserError
-from seq2seq.files import make_folder
+from seq2seq.files import make_folder, write_atomic
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
 MULTI30K_LANGUAGES = ("de", "en", "fr", "cs")
@@ -74,13 +74,11 @@ def download_multi30k(
 
 def fetch(url: str, path: Path, expected_sha256: str) -> None:
     """Download `url` to `path` atomically, verified; retry transient failures."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
     for attempt, delay in enumerate((*RETRY_DELAYS, None)):
         try:
-            _download(url, temporary, path.name)
+            content = _download(url, path.name)
             break
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-            temporary.unlink(missing_ok=True)
             permanent = isinstance(error, urllib.error.HTTPError) and error.code < 500
             if permanent or delay is None:
                 reason = getattr(error, "reason", None) or error
@@ -90,20 +88,18 @@ def fetch(url: str, path: Path, expected_sha256: str) -> None:
                     "data/task1/raw)"
                 ) from None
             time.sleep(delay)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-    found = sha256(temporary)
+    found = hashlib.sha256(content).hexdigest()
     if found != expected_sha256:
-        temporary.unlink()
         raise UserError(
             f"{url}: SHA-256 is {found}, expected {expected_sha256}; the file was not kept"
         )
-    os.replace(temporary, path)
+    write_atomic(path, lambda handle: handle.write(content), durable=True)
 
 
-def _download(url: str, target: Path, label: str) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
+def _download(url: str, label: str) -> bytes:
+    """The whole file, held in memory until it is verified (Multi30k's files are small)."""
+    content = bytearray()
+    with urllib.request.urlopen(url, timeout=60) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(
             total=total,
@@ -115,10 +111,9 @@ def _download(url: str, target: Path, label: str) -> None:
             disable=not console.progress_enabled(),
         ) as bar:
             while chunk := response.read(1 << 16):
-                out.write(chunk)
+                content += chunk
                 bar.update(len(chunk))
-        out.flush()
-        os.fsync(out.fileno())
+    return bytes(content)
 
 
 def sha256(path: Path) -> str:

@@ -7,6 +7,8 @@ anything else is a bug (exit 1, traceback only with --debug).
 import sys
 from typing import NoReturn
 
+from tqdm import tqdm
+
 
 class UserError(Exception):
     """Bad input from the user: a missing file, a bad config key, a foreign checkpoint..."""
@@ -34,11 +36,12 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def to_stderr(text: str) -> None:
     """Messages never stop the work: a closed or broken stderr drops them. (With file
-    descriptor 2 closed, sys.stderr is None and print(file=sys.stderr) writes to stdout.)"""
+    descriptor 2 closed, sys.stderr is None and print(file=sys.stderr) writes to stdout.)
+    A progress bar on stderr is redrawn below the text, not cut through by it."""
     if sys.stderr is None:
         return
     try:
-        sys.stderr.write(text)
+        tqdm.write(text, file=sys.stderr, end="")
         sys.stderr.flush()
     except (OSError, ValueError):  # ValueError: the stream object itself was closed
         pass

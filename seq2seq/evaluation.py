@@ -5,14 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from seq2seq.config import DecodeConfig
-from seq2seq.data import collate, make_batches
-from seq2seq.loss import sequence_loss
 from seq2seq.metrics import Scores, perplexity, score_corpus
-from seq2seq.model import evaluating
-from seq2seq.translator import Translation, Translator
+from seq2seq.translation import TextTranslator, Translation
 
 
 @dataclass
@@ -63,7 +58,7 @@ class Evaluation:
 
 
 def evaluate(
-    translator: Translator,
+    translator: TextTranslator,
     sources: list[str],
     references: list[str],
     decode: DecodeConfig | None = None,
@@ -79,26 +74,10 @@ def evaluate(
     return Evaluation(loss, free_running_loss, scores, translations)
 
 
-@torch.inference_mode()
 def corpus_losses(
-    translator: Translator, sources: list[str], references: list[str], decode: DecodeConfig
+    translator: TextTranslator, sources: list[str], references: list[str], decode: DecodeConfig
 ) -> tuple[float, float]:
     """Mean cross-entropy per reference token (teacher forcing 1, gold previous tokens fed)
-    and free-running (teacher forcing 0, the model's own previous predictions fed)."""
-    model = translator.searchable(decode)
-    src, trg = translator.src.encode(sources), translator.trg.encode(references)
-    forced_loss: list[float] = []  # summed loss of each batch
-    free_loss: list[float] = []
-    tokens = 0
-    lengths = [max(len(s), len(t)) for s, t in zip(src, trg, strict=True)]
-    with evaluating(model):
-        for indices in make_batches(lengths, decode.batch_size):
-            batch = collate(indices, src, trg).to(translator.device)
-            trg_in = batch.trg[:, :-1]
-            for teacher_forcing, total in ((1.0, forced_loss), (0.0, free_loss)):
-                log_probs = model.sequence_log_probs(
-                    batch.src, batch.src_lengths, trg_in, teacher_forcing
-                )
-                total.append(float(sequence_loss(log_probs, batch.trg)))
-            tokens += batch.target_tokens
-    return sum(forced_loss) / max(tokens, 1), sum(free_loss) / max(tokens, 1)
+    and free-running (teacher forcing 0, the model's own previous predictions fed), as the
+    translator's runtime computes them."""
+    return translator.corpus_losses(sources, references, decode)

@@ -8,12 +8,14 @@ limits.
 The card's scores are the checkpoint's last validation and, with `--evaluate`, the
 model's own test split (the config's `data.test`) translated by the exported folder
 itself, greedy and with the config's beam: a float16 folder is scored as float16.
+With `--onnx` the folder also holds the model as ONNX graphs (onnx_export.py).
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,23 +70,33 @@ def export(
     data_dir: Path | None = None,
     license: str | None = None,
     overwrite: bool = False,
+    onnx: bool = False,
 ) -> None:
     """Write `model` as the model folder `output`; with `evaluate`, score the written
-    folder on its test split and put the scores in its card."""
+    folder on its test split and put the scores in its card; with `onnx`, add its ONNX
+    graphs."""
     payload = load_checkpoint(model)
     config = saved_config(payload, f"{model} (config)")
     saved = saved_model(payload)
     del payload
+    graphs = None
+    if onnx:  # refused now, before anything is written, if it cannot be exported
+        from seq2seq.onnx_export import check_exportable, graph_files
+
+        check_exportable(config, model)
+        graphs = partial(graph_files, config, saved, dtype)
+
     test = None
     if evaluate:  # read before anything is written: a missing file leaves no folder
         from seq2seq.corpus import read_split
 
         test = read_split(config.data, config.data.test, data_dir)
-    card = Card(output, config, saved, dtype, license)
+    card = Card(output, config, saved, dtype, license, onnx)
     if test is not None:
         card.test_files = _test_files(config, data_dir)
-    write_model_folder(output, saved, dtype, card.text(), overwrite)
-    console.info(f"exported {model} into {output} ({dtype} weights)")
+    write_model_folder(output, saved, dtype, card.text(), overwrite, graphs)
+    also = ", ONNX graphs fp32 and int8" * onnx
+    console.info(f"exported {model} into {output} ({dtype} weights{also})")
     if test is not None:
         card.tests, card.example = _test_scores(output, config, *test)
         if dtype != "float32":
@@ -156,9 +168,16 @@ class Card:
     """The model card of a folder; `tests` and `example` come with `--evaluate`."""
 
     def __init__(
-        self, folder: Path, config: Config, model: SavedModel, dtype: str, license: str | None
+        self,
+        folder: Path,
+        config: Config,
+        model: SavedModel,
+        dtype: str,
+        license: str | None,
+        onnx: bool = False,
     ):
         self.folder, self.config, self.model, self.dtype = folder, config, model, dtype
+        self.onnx = onnx  # the folder holds ONNX graphs
         self.terms = MULTI30K if config.data.dataset == "multi30k" else None
         self.license = license
         self.tests: list[TestScores] = []
@@ -249,6 +268,12 @@ class Card:
             "        print(result.text)\n\n"
             f"Published on the Hugging Face Hub (`hf upload ORG/NAME {where}`), "
             f"`--model hf:ORG/NAME` works wherever `--model {where}` does.\n"
+            + (
+                "\nThe folder also holds the model as ONNX graphs (fp32 and int8): "
+                "`translate`, `evaluate` and `serve` run them on onnxruntime, which needs "
+                "no torch (see docs/translating.md in seq2seq's repository).\n"
+            )
+            * self.onnx
         )
 
     def _scores(self) -> str:

@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from seq2seq.errors import UserError
 
+STDIN = "-"  # the path that is stdin or stdout, wherever a text file is read or written
 # A temp file of `replaced_when_done`: `.{name}.{writer pid}-{8 hex digits}.tmp`.
 TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<writer>\d+)-[0-9a-f]{8}\.tmp")
 
@@ -102,6 +103,15 @@ def is_running(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (through links, `./x` and `x`...); `-` is stdin,
+    which may be a file too (`< f`)."""
+    try:
+        return os.path.samestat(*(os.fstat(0) if str(p) == STDIN else os.stat(p) for p in (a, b)))
+    except OSError:  # one of them does not exist (yet), or stdin is closed
+        return False
 
 
 def make_folder(path: Path) -> None:

@@ -15,7 +15,7 @@ from seq2seq.errors import UserError
 
 PREFIX = "hf:"
 # The files a model folder may hold: nothing else in the repository is downloaded.
-FOLDER_FILES = ["*.json", "*.safetensors", "*.model", "README.md"]
+FOLDER_FILES = ["*.json", "*.safetensors", "*.model", "*.onnx", "README.md"]
 
 
 def is_hub_id(model: str | Path) -> bool:

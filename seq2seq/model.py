@@ -97,28 +97,6 @@ class Seq2Seq(nn.Module):
         memory, state = self.encode(src, src_lengths)
         return self.decoder(trg_in, state, memory, teacher_forcing)
 
-    def training_flops(
-        self, src_lengths: list[int], trg_lengths: list[int], teacher_forcing: float
-    ) -> float:
-        """Forward + backward floating-point operations of one training batch, padding
-        excluded (trg_lengths: predicted tokens per pair); 2 FLOPs per multiply-add,
-        backward = 2 x forward. The gates' few operations are left out.
-
-        Per source token: the bidirectional GRU (2 directions x 3H x (E + H)) and the
-        attention keys (2H x D). Per target step: the query (D x D), energies and scores
-        (S x D), context (S x 2H), the decoder GRU (3D x (e + 2H + D)) and the output
-        layer (V x (D + 2H + e)); steps that feed back a prediction (teacher forcing below
-        1) compute that output layer once more, forward only."""
-        E, H = self.config.encoder.embedding_size, self.config.encoder.hidden_size
-        e, D = self.config.decoder.embedding_size, self.config.decoder.hidden_size
-        output = self.trg_vocab_size * (D + 2 * H + e)
-        per_source = 2 * 3 * H * (E + H) + 2 * H * D
-        per_step = D * D + 3 * D * (e + 2 * H + D) + output
-        pairs = sum(s * t for s, t in zip(src_lengths, trg_lengths, strict=True))
-        forward = sum(src_lengths) * per_source + sum(trg_lengths) * per_step + pairs * (D + 2 * H)
-        feedback = (1 - teacher_forcing) * sum(trg_lengths) * output
-        return 2 * (3 * forward + feedback)
-
     def start(self, src: Tensor, src_lengths: Tensor) -> SearchState:
         memory, hidden = self.encode(src, src_lengths)
         return SearchState(memory, hidden)

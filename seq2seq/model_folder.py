@@ -19,6 +19,10 @@ and the same checks follow (tokenizer names, finite weights, config sizes agains
 weights' shapes before the model is built). safetensors refuses a header whose tensors do
 not exactly cover the file, so the weights never take more memory than the file (twice
 that for float16 or bfloat16 files, which are read back as float32).
+
+`seq2seq export --onnx` adds the model as ONNX graphs (onnx_export.py), which config.json
+names under `onnx`; the onnxruntime path (onnx_runtime.py) reads them with this module's
+description and text files, without torch, which only the weights need.
 """
 
 from __future__ import annotations
@@ -29,10 +33,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sentencepiece
-import torch
 
 from seq2seq import __version__
 from seq2seq.config import config_from_dict
@@ -41,13 +44,15 @@ from seq2seq.files import WriteFailed, make_folder, remove_orphans, temporary_be
 from seq2seq.hub import is_hub_id, local_folder
 from seq2seq.tokenizer import make_tokenizers
 
+if TYPE_CHECKING:
+    import torch
+
 FORMAT = "seq2seq-model"
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
 SIDES = ("src", "trg")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -70,36 +75,64 @@ def is_model_folder(model: str | Path) -> bool:
     return is_hub_id(model) or Path(model).is_dir()
 
 
+def folder_path(model: str | Path) -> Path:
+    """The folder of a model folder's path, or of a Hub id (in huggingface_hub's cache)."""
+    return local_folder(model) if is_hub_id(model) else Path(model)
+
+
 def read_model_folder(model: str | Path) -> SavedModel:
     """A model folder, or a Hub id's folder in huggingface_hub's cache; a missing or
     damaged file, or a format newer than this seq2seq, is one line naming it."""
-    folder = local_folder(model) if is_hub_id(model) else Path(model)
-    description = _read_description(folder)
+    import torch
+
+    folder = folder_path(model)
+    description = read_description(folder)
+    tokenizer, vocab = read_text_files(folder, description)
+    try:
+        weights = _read_weights(member(folder, description["files"]["weights"]))
+        return SavedModel(
+            description["config"],
+            vocab,
+            {  # a checkpoint's form: SentencePiece models as byte tensors
+                key: torch.frombuffer(bytearray(value), dtype=torch.uint8)
+                if isinstance(value, bytes)
+                else value
+                for key, value in tokenizer.items()
+            },
+            weights,
+            description.get("step"),
+            description.get("validation"),
+        )
+    except (KeyError, TypeError) as error:
+        raise _damaged(folder, error) from None
+
+
+def read_text_files(
+    folder: Path, description: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """What the tokenizers and vocabularies of a folder's model are made of -> (the
+    tokenizers' state: spaCy names and SentencePiece models as bytes; the vocabularies:
+    each side's tokens in id order)."""
     try:
         files = description["files"]
         tokenizer: dict[str, Any] = {side: description["spacy"][side] for side in SIDES}
         vocab = {}
         for side in SIDES:
             if f"{side}_model" in files:
-                path = _member(folder, files[f"{side}_model"])
+                path = member(folder, files[f"{side}_model"])
                 tokenizer[f"{side}_model"] = _read_sentencepiece(path)
             else:
-                vocab[side] = _read_vocabulary(_member(folder, files[f"{side}_vocab"]))
-        weights = _read_weights(_member(folder, files["weights"]))
-        config = description["config"]
-        return SavedModel(
-            config,
-            vocab or _pieces(config, tokenizer, folder / CONFIG),
-            tokenizer,
-            weights,
-            description.get("step"),
-            description.get("validation"),
-        )
+                vocab[side] = _read_vocabulary(member(folder, files[f"{side}_vocab"]))
+        return tokenizer, vocab or _pieces(description["config"], tokenizer, folder / CONFIG)
     except (KeyError, TypeError) as error:
-        raise UserError(f"{folder / CONFIG}: damaged model folder config ({error!r})") from None
+        raise _damaged(folder, error) from None
 
 
-def _read_description(folder: Path) -> dict[str, Any]:
+def _damaged(folder: Path, error: Exception) -> UserError:
+    return UserError(f"{folder / CONFIG}: damaged model folder config ({error!r})")
+
+
+def read_description(folder: Path) -> dict[str, Any]:
     """config.json, once it is known to be a model folder's of a format this reads."""
     path = folder / CONFIG
     if not path.is_file():
@@ -124,7 +157,7 @@ def _read_description(folder: Path) -> dict[str, Any]:
     return description
 
 
-def _member(folder: Path, name: object) -> Path:
+def member(folder: Path, name: object) -> Path:
     """A file that config.json names: a plain name inside the folder, never a path that
     leads elsewhere; a missing one is named."""
     if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
@@ -135,8 +168,8 @@ def _member(folder: Path, name: object) -> Path:
     return path
 
 
-def _read_sentencepiece(path: Path) -> torch.Tensor:
-    """A SentencePiece model file, as the byte tensor that tokenizer_state holds."""
+def _read_sentencepiece(path: Path) -> bytes:
+    """A SentencePiece model file's bytes, once SentencePiece has read them."""
     model = path.read_bytes()
     try:
         if not model:  # empty bytes load as "no model"
@@ -144,7 +177,7 @@ def _read_sentencepiece(path: Path) -> torch.Tensor:
         sentencepiece.SentencePieceProcessor(model_proto=model)
     except RuntimeError:
         raise UserError(f"{path}: not a SentencePiece model") from None
-    return torch.frombuffer(bytearray(model), dtype=torch.uint8)
+    return model
 
 
 def _read_vocabulary(path: Path) -> list[str]:
@@ -165,6 +198,7 @@ def _pieces(config: dict[str, Any], tokenizer: dict[str, Any], path: Path) -> di
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, floating point ones as float32."""
+    import torch
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -181,11 +215,17 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def write_model_folder(
-    folder: Path, model: SavedModel, dtype: str, card: str, overwrite: bool = False
+    folder: Path,
+    model: SavedModel,
+    dtype: str,
+    card: str,
+    overwrite: bool = False,
+    extra: Callable[[Path], dict[str, Any]] | None = None,
 ) -> None:
     """Write the model folder whole: into a new folder beside it, which then takes its
     place, so a failure leaves no half folder and an existing one as it was. Only a model
-    folder (or an empty one) is replaced, and only with `overwrite`."""
+    folder (or an empty one) is replaced, and only with `overwrite`. `extra` writes more
+    files into the new folder and returns what config.json says of them."""
     _check_target(folder, overwrite)
     weights = _converted(model.weights, dtype)
     make_folder(folder.parent)
@@ -193,7 +233,7 @@ def write_model_folder(
     staging, retired = temporary_beside(folder), temporary_beside(folder)
     try:
         staging.mkdir()
-        _write_files(staging, model, weights, dtype, card)
+        _write_files(staging, model, weights, dtype, card, extra(staging) if extra else {})
         if folder.exists():
             os.replace(folder, retired)
         os.replace(staging, folder)
@@ -220,10 +260,12 @@ def _check_target(folder: Path, overwrite: bool) -> None:
 def _converted(weights: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
     """The weights in `dtype`; one that the dtype cannot hold (beyond float16's range) is
     refused rather than written as infinity."""
+    import torch
+
     converted = {}
     for name, tensor in weights.items():
         if tensor.is_floating_point():
-            tensor = tensor.to(DTYPES[dtype])
+            tensor = tensor.to(getattr(torch, dtype))
             if not bool(torch.isfinite(tensor).all()):
                 raise UserError(
                     f"weights {name} do not fit in {dtype} (values beyond its range); "
@@ -234,8 +276,14 @@ def _converted(weights: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.
 
 
 def _write_files(
-    folder: Path, model: SavedModel, weights: dict[str, torch.Tensor], dtype: str, card: str
+    folder: Path,
+    model: SavedModel,
+    weights: dict[str, torch.Tensor],
+    dtype: str,
+    card: str,
+    extra: dict[str, Any],
 ) -> None:
+    import torch
     from safetensors.torch import save
 
     files: dict[str, str] = {"weights": WEIGHTS}
@@ -266,6 +314,7 @@ def _write_files(
         "step": model.step,
         "validation": model.validation,
         "config": model.config,
+        **extra,
     }
     text = json.dumps(description, ensure_ascii=False, indent=2)
     writes[CONFIG] = lambda path: path.write_text(text + "\n", encoding="utf-8")

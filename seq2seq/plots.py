@@ -8,7 +8,7 @@ from seq2seq.errors import UserError
 from seq2seq.files import write_atomic
 from seq2seq.run_folder import RunFolder
 from seq2seq.runlog import read_metrics
-from seq2seq.translator import Translation
+from seq2seq.translation import Translation
 
 
 def plot_run(run_dir: str | Path, path: Path | None = None) -> Path:
@@ -75,12 +75,13 @@ def plot_attention(translation: Translation, path: str | Path) -> Path:
     and a strip of its channel weights beside the heatmap: the two kinds of attention,
     side by side."""
     import matplotlib
+    import numpy
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows, columns, weights = translation.attention_grid()
-    weights = weights.numpy()
+    weights = numpy.asarray(weights)  # a torch tensor or a numpy array
     gates = translation.gates
     width = max(4.0, 0.45 * len(columns) + 1.5) + (1.0 if gates else 0.0)
     height = max(3.0, 0.4 * len(rows) + 1.2) + (0.6 if gates and gates.temporal is not None else 0)

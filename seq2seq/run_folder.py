@@ -10,12 +10,13 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from seq2seq import distributed
-from seq2seq.checkpoint import save_checkpoint
 from seq2seq.errors import UserError
 from seq2seq.files import make_folder, remove_orphans
+
+if TYPE_CHECKING:
+    from seq2seq import distributed
 
 KEPT_PREFIX = "ckpt-step"
 
@@ -114,6 +115,8 @@ class RunFolder:
     ) -> list[Path]:
         """A validated model: best.pt if it is the best so far, ckpt-step{step}.pt if it is
         among the k best; the kept checkpoints it pushes out are deleted -> what it wrote."""
+        from seq2seq.checkpoint import save_checkpoint  # torch: not for translate's output checks
+
         written = [self.best] * best + [self.kept(step)] * keep
         for path in written:
             save_checkpoint(payload, path)
@@ -153,6 +156,8 @@ class RunFolder:
     def start(self, overwrite: bool, resume: bool, context: distributed.Context) -> bool:
         """`check`, then `prepare`: every rank decides from what is on disk, then rank 0
         alone changes the folder -> whether the run resumes from last.pt."""
+        from seq2seq import distributed  # torch: not for translate's output checks
+
         resuming = self.check(overwrite, resume)
         distributed.barrier(context)
         if context.is_main:

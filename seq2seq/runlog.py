@@ -9,7 +9,6 @@ Non-finite numbers (a diverged loss) are written as null: the file stays valid J
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -68,21 +67,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def environment() -> dict[str, str]:
+def environment() -> dict[str, str | None]:
     """Versions of what produced the run, and the git commit of this source tree if any."""
-    import sacrebleu
-    import spacy
-    import torch
-
     import seq2seq
 
-    info = {
-        "seq2seq": seq2seq.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "spacy": spacy.__version__,
-        "sacrebleu": sacrebleu.__version__,
-    }
+    info = seq2seq.versions("torch", "spacy", "sacrebleu")
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -1,37 +1,50 @@
 """Search: turn the model's step-by-step distributions into output token ids.
 
 Every function here decodes a whole batch as one tensor computation; the only Python
-loop is over output time steps.
+loop is over output time steps. The rules it shares with the numpy search of the
+onnxruntime path (length penalty, longest output, when a beam finishes, n-best ranking)
+are in search_rules.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from seq2seq.ensemble import Ensemble
 from seq2seq.gates import GateValues
-from seq2seq.model import Seq2Seq
+from seq2seq.search_rules import (
+    FROZEN_SCORE,
+    Hypothesis,
+    best_first,
+    extent,
+    grown_lengths,
+    length_penalty,
+    max_output_length,
+    now_finished,
+    still_going,
+)
 from seq2seq.vocab import EOS, SOS
 
-Searchable = Seq2Seq | Ensemble  # anything with start(src, lengths) and step(tokens, state)
 
+class Searchable(Protocol):
+    """What search sees of a model (`Seq2Seq`, `Ensemble`). The state keeps, drops or
+    repeats rows with `select(rows)`, lets a beam take another beam's decoder state with
+    `reorder(rows)`, and holds the encoder's `gates` (None for an ensemble)."""
 
-@dataclass
-class Hypothesis:
-    tokens: list[int]  # output ids, without <sos> and <eos>
-    score: float  # summed log-probability of the tokens and <eos>, / length penalty in beams
-    attention: Tensor  # [len(tokens) + 1, source length]: one row per emitted id, <eos> included
-    gates: GateValues | None = None  # encoder gate values: channel [C], temporal [source length]
+    def start(self, src: Tensor, src_lengths: Tensor) -> Any:
+        """src [B,S], src_lengths [B] -> the state of B rows."""
+
+    def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any, Tensor]:
+        """y_{t-1} [B] -> (fp32 log-probs [B,V], the next state, attention [B,S])."""
 
 
 def max_output_lengths(src_lengths: Tensor, ratio: float, offset: int) -> Tensor:
-    """[B] -> [B] longest allowed output: ratio * source tokens + offset (at least 1)."""
-    source_tokens = (src_lengths - 2).clamp(min=0).float()  # without <sos>/<eos>
-    return (torch.ceil(source_tokens * ratio) + offset).long().clamp(min=1)
+    """[B] -> [B] longest allowed output (search_rules.max_output_length)."""
+    limits = [max_output_length(n, ratio, offset) for n in src_lengths.tolist()]
+    return torch.tensor(limits, dtype=torch.long)
 
 
 @torch.inference_mode()
@@ -64,7 +77,7 @@ def greedy_search(
         attention.append(
             weights.new_zeros(batch_size, weights.size(1)).index_copy_(0, running, weights)
         )
-        going = (tokens != EOS) & (t + 1 < limits)  # [R]
+        going = still_going(tokens, t, limits)  # [R]
         if not bool(going.all()):
             if not bool(going.any()):
                 break
@@ -79,11 +92,6 @@ def greedy_search(
         max_lengths,
         gates,
     )
-
-
-def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
-    """GNMT's ((5 + length) / 6) ** alpha; scores are divided by it (alpha 0: no penalty)."""
-    return ((5.0 + lengths.float()) / 6.0) ** alpha
 
 
 @dataclass
@@ -182,11 +190,11 @@ def _advance(model: Searchable, beams: Beams, alpha: float) -> tuple[Beams, Tens
     candidates, ids = log_probs.topk(min(size, log_probs.size(1)), dim=1)  # [R*K,K]
     # A finished beam's only continuation is <eos> at no cost.
     frozen = torch.full_like(candidates[0], float("-inf"))
-    frozen[0] = 0.0
+    frozen[0] = FROZEN_SCORE
     ended = beams.finished.unsqueeze(1)
     candidates = torch.where(ended, frozen, candidates)
     ids = torch.where(ended, EOS, ids)
-    grown = beams.lengths + (~beams.finished).long()  # [R*K] lengths after this step
+    grown = grown_lengths(beams.lengths, beams.finished)  # [R*K] lengths after this step
     totals = beams.scores.view(-1, 1) + candidates  # [R*K,K] summed log-probs
     ranked = (totals / length_penalty(grown, alpha).unsqueeze(1)).view(count, -1)
     best = ranked.topk(size, dim=1).indices  # [R,K] into the sentence's K*K candidates
@@ -194,7 +202,7 @@ def _advance(model: Searchable, beams: Beams, alpha: float) -> tuple[Beams, Tens
     previous = (best // candidates.size(1) + first).view(-1)  # [R*K] running row extended
     tokens = ids.view(count, -1).gather(1, best).view(-1)
     lengths = grown[previous]
-    finished = beams.finished[previous] | (tokens == EOS) | (lengths >= beams.limits)
+    finished = now_finished(beams.finished[previous], tokens, lengths, beams.limits)
     scores = totals.view(count, -1).gather(1, best)
     advanced = Beams(
         beams.sentences, beams.rows, scores, lengths, finished, beams.limits, tokens,
@@ -225,9 +233,11 @@ def _best(
         row = origins[step][row]
     ids_tensor = torch.stack(ids[::-1], dim=1)  # [B*K,T]
     attention_tensor = torch.stack(alignments[::-1], dim=1)  # [B*K,T,S]
-    order = normalized.view(batch_size, beam_size).argsort(dim=1, descending=True)[:, :nbest]
-    first_rows = (torch.arange(batch_size, device=row.device) * beam_size).unsqueeze(1)
-    picked = (order + first_rows).view(-1)  # [B*nbest]
+    scores = normalized.view(batch_size, beam_size).tolist()
+    picked = torch.tensor(
+        [b * beam_size + j for b in range(batch_size) for j in best_first(scores[b], nbest)],
+        device=row.device,
+    )  # [B*nbest]
     flat = _hypotheses(
         ids_tensor[picked],
         normalized[picked],
@@ -254,8 +264,7 @@ def _hypotheses(
     attention = attention.float().cpu()
     result = []
     for row, row_ids in enumerate(ids_list):
-        length = row_ids.index(EOS) if EOS in row_ids else len(row_ids)
-        rows = min(length + 1, len(row_ids), limits[row])
+        length, rows = extent(row_ids, limits[row])
         source = int(src_lengths[row])
         row_gates = None
         if gates is not None:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata, resources
 from pathlib import Path
 
-import torch
+import numpy
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,10 +41,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from seq2seq import console
 from seq2seq.batching import Batcher
-from seq2seq.config import DecodeConfig, DecodePrecision, SettingError
+from seq2seq.config import DecodeConfig, DecodePrecision, Runtime, SettingError
 from seq2seq.errors import UserError, to_stderr
 from seq2seq.textio import finite, translation_record
-from seq2seq.translator import Translation, Translator
+from seq2seq.translation import TextTranslator, Translation, open_translator
 
 log = logging.getLogger("seq2seq.serve")
 
@@ -130,7 +130,7 @@ class RequestError(Exception):
 
 
 def serving_defaults(
-    translator: Translator, limits: Limits, precision: DecodePrecision | None
+    translator: TextTranslator, limits: Limits, precision: DecodePrecision | None
 ) -> DecodeConfig:
     """The settings of a request that sets none; refused at start if over the limits.
     The models are prepared for them and warmed up now, not in the first requests."""
@@ -140,8 +140,8 @@ def serving_defaults(
     except RequestError as error:
         raise UserError(f"the model's default decoding settings: {error}") from None
     # A full batch of sentences of 1 to 32 words: the first decoder calls after start set
-    # up kernels and memory for each batch shape they meet (a fresh server's first
-    # batches took 2-3 s under load, later ones 0.75 s; docs/performance.md).
+    # up kernels and memory for each batch shape they meet, which would otherwise slow
+    # the first requests (docs/performance.md).
     translator.translate_nbest(
         [" ".join(["ein"] * (1 + i % 32)) for i in range(limits.max_batch)], defaults
     )
@@ -149,7 +149,7 @@ def serving_defaults(
 
 
 def create_app(
-    translator: Translator,
+    translator: TextTranslator,
     limits: Limits = Limits(),
     members: Sequence[str] = (),
     precision: DecodePrecision | None = None,
@@ -278,32 +278,38 @@ def candidate(translation: Translation, attention: bool) -> dict[str, object]:
     record = finite(translation_record(translation))  # a NaN score is null
     if attention:
         target, source, weights = translation.attention_grid()
-        weights = torch.nan_to_num(weights.float())  # [len(target), len(source)]
+        # [len(target), len(source)], a torch tensor or a numpy array
+        weights = numpy.nan_to_num(numpy.asarray(weights, dtype=numpy.float32))
         matrix = [[round(w, 4) for w in row] for row in weights.tolist()]
         record["attention"] = {"target": target, "source": source, "weights": matrix}
     return record
 
 
 def model_info(
-    translator: Translator, decode: DecodeConfig, limits: Limits, members: Sequence[str]
+    translator: TextTranslator, decode: DecodeConfig, limits: Limits, members: Sequence[str]
 ) -> dict[str, object]:
     """GET /info: what the server translates with, and its limits."""
     models = [
-        {
-            "checkpoint": members[i] if i < len(members) else None,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "model": model.config.model_dump(),
-        }
-        for i, model in enumerate(translator.models)
+        {"checkpoint": members[i] if i < len(members) else None, **member}
+        for i, member in enumerate(translator.members())
     ]
     return {
+        # what the page calls the model: its checkpoints' file (or model folder) names
+        "name": " + ".join(members) or None,
+        "languages": {  # language codes, e.g. "de"
+            "source": translator.src.tokenizer.lang,
+            "target": translator.trg.tokenizer.lang,
+        },
         "members": models,
         "parameters": sum(member["parameters"] for member in models),
         "vocabulary": {"source": len(translator.src.vocab), "target": len(translator.trg.vocab)},
         "decode": decode.model_dump(),
         "limits": asdict(limits),
         "device": str(translator.device),
-        "versions": {name: _version(name) for name in ("seq2seq", "torch", "fastapi", "uvicorn")},
+        "runtime": translator.runtime,  # torch or onnxruntime
+        "versions": {
+            name: _version(name) for name in ("seq2seq", translator.runtime, "fastapi", "uvicorn")
+        },
         "python": sys.version.split()[0],
     }
 
@@ -487,7 +493,7 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening socket; a port in use or a bad address is a UserError. Made with proto
     IPPROTO_TCP, not 0 as socket.create_server does: asyncio turns Nagle's algorithm off
     (TCP_NODELAY) only on connections of such a socket, and with it on, a response's body
-    waited for the client's delayed ACK of its headers, 40 ms per request on a kept-alive
+    waited for the client's delayed ACK of its headers, on every request of a kept-alive
     connection."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock: socket.socket | None = None
@@ -512,6 +518,7 @@ def run(
     device: str,
     limits: Limits,
     precision: DecodePrecision | None = None,
+    runtime: Runtime = "auto",
 ) -> None:
     """Serve until SIGTERM or SIGINT; then the requests in flight have `limits.grace`
     seconds to be answered before the server exits."""
@@ -522,7 +529,7 @@ def run(
                 f"serving on {address}, beyond this machine, with no authentication or "
                 "TLS: put a reverse proxy in front (docs/serve.md)"
             )
-        translator = Translator.from_checkpoint(models, device)
+        translator = open_translator(models, device, runtime, precision)
         app = create_app(translator, limits, [Path(path).name for path in models], precision)
         handler = logging.StreamHandler()
         handler.setFormatter(LogFormatter("%(asctime)s %(message)s"))

@@ -2,22 +2,24 @@
 
 Training, translation, evaluation and the benchmark all encode through a `TextSide`, and
 training text takes one path (`training_sides`: tokenizers, one filter, vocabularies,
-ids), so every user of a corpus sees the same ids.
+ids), so every user of a corpus sees the same ids. Translation reads text here on the
+onnxruntime path too, so this module imports torch only where it makes tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from seq2seq.config import Config, VocabConfig
-from seq2seq.data import IdRows
 from seq2seq.tokenizer import AnyTokenizer, SubwordTokenizer, make_tokenizers
 from seq2seq.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from seq2seq.data import IdRows
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class TextSide:
 
     def ids(self, tokens: list[str]) -> Tensor:
         """tokens -> [len(tokens) + 2] ids <sos> ... <eos>; unknown tokens are <unk>."""
+        import torch  # here: the onnxruntime path reads text through this module without it
+
         return torch.tensor(self.vocab.encode(tokens), dtype=torch.long)
 
     def encode(self, lines: Iterable[str]) -> list[Tensor]:
@@ -88,6 +92,8 @@ def training_sides(
     or rebuilt from a checkpoint's), tokens, the one filter, vocabularies from the kept
     pairs only (or a fine-tuned model's own), ids. `report` gets a line as each long
     phase starts."""
+    from seq2seq.data import IdRows  # torch: imported by training, not by translation
+
     if config.vocab.type == "sentencepiece" and saved_tokenizers is None:
         report(f"training SentencePiece models ({config.vocab.size} pieces)")
     src_tokenizer, trg_tokenizer = make_tokenizers(config, saved_tokenizers, (sources, targets))

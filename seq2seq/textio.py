@@ -14,14 +14,16 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from seq2seq.corpus import STDIN, decode_line, iter_lines, name, stdin, without_bom
-from seq2seq.errors import UserError, to_stderr
-from seq2seq.files import replaced_when_done
-from seq2seq.gates import GateValues
+from seq2seq.corpus import STDIN, iter_lines, name, stdin, stdin_lines
+from seq2seq.errors import UserError
+from seq2seq.files import replaced_when_done, same_file
 from seq2seq.run_folder import check_not_run_file
-from seq2seq.translator import Translation
+from seq2seq.translation import Translation
+
+if TYPE_CHECKING:
+    from seq2seq.gates import GateValues  # torch: the onnxruntime path writes without it
 
 
 def input_lines(path: Path | None) -> tuple[Iterator[str], str, bool]:
@@ -29,20 +31,8 @@ def input_lines(path: Path | None) -> tuple[Iterator[str], str, bool]:
     interactive?). A terminal on stdin is interactive: a prompt before each line."""
     if not is_standard(path):
         return iter_lines(path), str(path), False
-    source = stdin()
-    interactive = source.isatty()
-    numbered = enumerate(without_bom(_stdin_lines(source, interactive)), 1)
-    return (decode_line(raw, f"<stdin>:{n}") for n, raw in numbered), "<stdin>", interactive
-
-
-def _stdin_lines(source: BinaryIO, interactive: bool) -> Iterator[bytes]:
-    while True:
-        if interactive:
-            to_stderr("> ")
-        raw = source.readline()
-        if not raw:
-            return
-        yield raw
+    interactive = stdin().isatty()
+    return stdin_lines("> " if interactive else ""), "<stdin>", interactive
 
 
 def is_standard(path: Path | None) -> bool:
@@ -54,15 +44,6 @@ def chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
     """Translate as lines arrive, at most `size` at a time, never the whole input at once."""
     while chunk := list(itertools.islice(lines, size)):
         yield chunk
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file (through links, `./x` and `x`...); `-` is stdin,
-    which may be a file too (`< f`)."""
-    try:
-        return os.path.samestat(*(os.fstat(0) if is_standard(p) else os.stat(p) for p in (a, b)))
-    except OSError:  # one of them does not exist (yet), or stdin is closed
-        return False
 
 
 def check_output(path: Path | None, inputs: Iterable[Path | None]) -> None:

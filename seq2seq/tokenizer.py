@@ -2,8 +2,8 @@
 
 Words: only spaCy's tokenizer runs (no tagger, no parser), over batches with `pipe`.
 A trained pipeline package (e.g. de_core_news_sm) is used when installed; otherwise
-`spacy.blank(lang)`, which carries the same tokenizer rules. Detokenization is the Moses
-detokenizer's (sacremoses).
+`spacy.blank(lang)`, which carries the same tokenizer rules; a process says so once for
+each pipeline it names but lacks. Detokenization is the Moses detokenizer's (sacremoses).
 
 Subwords: a SentencePiece model (BPE or unigram) trained on the training split only, or
 an existing model read from a file (`vocab.model_file`, `src_model_file`,
@@ -14,7 +14,7 @@ A checkpoint stores what the tokenizers need (`tokenizer_state`): the spaCy pipe
 actually used and the SentencePiece models' bytes, so translation tokenizes exactly like
 training did.
 
-spaCy and sacremoses take about a second to import; they are imported when a word
+spaCy and sacremoses are slow to import; they are imported when a word
 tokenizer first runs, so that a subword model translates without them.
 """
 
@@ -27,14 +27,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sentencepiece
-import torch
 
+from seq2seq import console
 from seq2seq.config import BLANK_PREFIX, Config, VocabConfig, check_spacy_name
 from seq2seq.errors import UserError
 from seq2seq.vocab import EOS, PAD, SOS, SPECIALS, UNK
 
 if TYPE_CHECKING:
     import spacy
+
+# The pipelines named but not installed that this process has said it replaces.
+_FALLBACKS_SAID: set[str] = set()
 
 
 class Tokenizer:
@@ -213,6 +216,8 @@ def sentencepiece_model(
 def tokenizer_state(src: AnyTokenizer, trg: AnyTokenizer) -> dict[str, Any]:
     """What a checkpoint needs to rebuild both tokenizers: the spaCy pipelines used, and
     the SentencePiece models as byte tensors (weights_only-loadable)."""
+    import torch  # here: the onnxruntime path makes tokenizers without torch
+
     state: dict[str, Any] = {"src": src.words.name, "trg": trg.words.name}
     for side, tokenizer in (("src", src), ("trg", trg)):
         if isinstance(tokenizer, SubwordTokenizer):
@@ -225,9 +230,10 @@ def make_tokenizers(
     saved: dict[str, Any] | None = None,
     training_text: tuple[list[str], list[str]] | None = None,
 ) -> tuple[AnyTokenizer, AnyTokenizer]:
-    """Source and target tokenizers: rebuilt from a checkpoint's `tokenizer_state`, or made
-    from the config (SentencePiece models are then read from the files it names, or
-    trained on `training_text`)."""
+    """Source and target tokenizers: rebuilt from a checkpoint's `tokenizer_state` (its
+    SentencePiece models as byte tensors or bytes), or made from the config
+    (SentencePiece models are then read from the files it names, or trained on
+    `training_text`)."""
     data, vocab = config.data, config.vocab
     src_words = Tokenizer(
         data.src_lang, saved["src"] if saved else data.src_pipeline, data.lowercase
@@ -238,7 +244,7 @@ def make_tokenizers(
     if vocab.type == "word":
         return src_words, trg_words
     if saved is not None:
-        src_model, trg_model = (bytes(saved[f"{side}_model"].numpy()) for side in ("src", "trg"))
+        src_model, trg_model = (_model_bytes(saved[f"{side}_model"]) for side in ("src", "trg"))
     elif training_text is None:
         raise ValueError("SentencePiece models are trained on the training text")
     elif vocab.joint:
@@ -255,6 +261,12 @@ def make_tokenizers(
     )
 
 
+def _model_bytes(saved: Any) -> bytes:
+    """A saved SentencePiece model: a checkpoint's byte tensor, or the bytes that the
+    onnxruntime path reads from a model folder."""
+    return saved if isinstance(saved, bytes) else bytes(saved.numpy())
+
+
 def _capitalized(text: str, lowercase: bool) -> str:
     """Output of a lowercasing model starts with a capital."""
     return text[0].upper() + text[1:] if lowercase and text else text
@@ -269,6 +281,14 @@ def _load_spacy(lang: str, pipeline: str | None) -> tuple[spacy.language.Languag
         check_spacy_name(pipeline, "pipeline")
     import spacy
 
-    if pipeline and not pipeline.startswith(BLANK_PREFIX) and spacy.util.is_package(pipeline):
+    named = pipeline is not None and not pipeline.startswith(BLANK_PREFIX)
+    if named and spacy.util.is_package(pipeline):
         return spacy.load(pipeline), pipeline
-    return spacy.blank(lang), BLANK_PREFIX + lang
+    nlp = spacy.blank(lang)
+    if named and pipeline not in _FALLBACKS_SAID:  # every tokenizer of it, one message
+        _FALLBACKS_SAID.add(pipeline)
+        console.info(
+            f"{pipeline} is not installed; using spaCy's rule-based "
+            f"{type(nlp).__name__} tokenizer (same tokenization rules)"
+        )
+    return nlp, BLANK_PREFIX + lang

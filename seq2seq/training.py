@@ -25,6 +25,7 @@ import contextlib
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -75,6 +76,13 @@ from seq2seq.validation import ValidationTracker
 from seq2seq.vocab import Vocabulary
 
 
+def resume_command(run_dir: Path, settings: dict[str, object] | None = None) -> str:
+    """The command that continues the run in `run_dir` (its own config.yaml), with a
+    `--set` for each of `settings`; quoted for a POSIX shell."""
+    sets = [part for key, value in (settings or {}).items() for part in ("--set", f"{key}={value}")]
+    return shlex.join(["seq2seq", "train", "--resume", "--run-dir", str(run_dir), *sets])
+
+
 class Interrupted(Exception):
     """Training stopped by a signal after saving last.pt; exit status 128 + signum."""
 
@@ -82,7 +90,7 @@ class Interrupted(Exception):
         self.signum = signum
         super().__init__(
             f"stopped by {signal.Signals(signum).name} after saving {RunFolder(run_dir).last}; "
-            f"resume with: seq2seq train --resume --run-dir {run_dir}"
+            f"resume with: {resume_command(run_dir)}"
         )
 
 
@@ -199,6 +207,42 @@ def progress_line(progress: Progress, window: Window, train: TrainConfig, lr: fl
         f"{window.tokens / window.seconds:,.0f} target tokens/s, lr {lr:.3g}, "
         f"elapsed {duration(progress.elapsed)}" + "".join(f", {part}" for part in left)
     )
+
+
+def limits_reached(train: TrainConfig, progress: Progress, time_spent: bool) -> dict[str, float]:
+    """The limits among train.epochs, max_steps and max_minutes that the run has reached
+    -> {setting: its value}. `time_spent`: max_minutes is up (all ranks agree on it)."""
+    steps, minutes = train.max_steps, train.max_minutes
+    limits = {
+        "train.epochs": (train.epochs, progress.epoch > train.epochs),
+        "train.max_steps": (steps, steps is not None and progress.step >= steps),
+        "train.max_minutes": (minutes, time_spent),
+    }
+    return {key: value for key, (value, reached) in limits.items() if reached}
+
+
+def end_line(
+    train: TrainConfig, progress: Progress, reached: dict[str, float], early: bool, run_dir: Path
+) -> str:
+    """The last line of a training: how far it went, why it stopped and, unless early
+    stopping ended it, the command that goes on (each limit reached, doubled)."""
+    steps, epochs = progress.step, progress.epoch - 1
+    head = (
+        f"finished after {steps} step{'s' * (steps != 1)} "
+        f"({epochs} epoch{'s' * (epochs != 1)} done)"
+    )
+    if early:
+        return (
+            f"{head}: early stopping, {train.best_metric} did not improve for "
+            f"{train.patience} validations (train.patience={train.patience})"
+        )
+    why = " and ".join(
+        f"the time budget {key}={value} is spent" if key == "train.max_minutes"
+        else f"{key}={value} reached"
+        for key, value in reached.items()
+    )  # fmt: skip
+    doubled = {key: 2 * value for key, value in reached.items()}
+    return f"{head}: {why}; resume with: {resume_command(run_dir, doubled)}"
 
 
 def set_threads(threads: int | None, context: distributed.Context, device: torch.device) -> None:
@@ -321,7 +365,7 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> Path
     """Train (or resume) the run that the config describes, holding its run folder locked
     (rank 0); returns the run folder."""
     folder = RunFolder(config.train.run_dir)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 holds the lock
+    if distributed.launched().is_main:  # under torchrun, rank 0 holds the lock
         folder.lock()
     try:
         return Trainer(config, overwrite, resume).run()
@@ -427,7 +471,7 @@ class Trainer:
             progress.restart_epoch()
             self._log(f"new batch size: epoch {progress.epoch} restarts from its first batch")
         # A finished run continues when the config now allows more epochs, steps or time.
-        progress.finished = progress.epoch > self.config.train.epochs or self._budget_spent()
+        progress.finished = bool(self._limits_reached())
         reseed = self.config.seed + 1000 * progress.step
         if not restore_rng(state["rng"], self.context, reseed):
             self._log(f"{self.folder.last}: {RESEEDED}")
@@ -442,13 +486,15 @@ class Trainer:
                 self._validate()
             while not self.progress.finished:
                 self._train_epoch()
+            reached = self._limits_reached()  # while the ranks can still agree on the time
         except WriteFailed as failure:
             raise self._saved_after(failure) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             distributed.stop(self.context)
-        self._log(f"finished after {self.progress.step} steps; best model: {self.folder.best}")
+        early = self.tracker.out_of_patience
+        self._log(end_line(self.config.train, self.progress, reached, early, self.folder.path))
         return self.folder.path
 
     def _saved_after(self, failure: WriteFailed) -> UserError:
@@ -562,16 +608,19 @@ class Trainer:
         total, finite = self.optimization.step(batches, per_rank, context.distributed)
         return distributed.all_sum([total], context, self.device)[0], tokens, finite
 
-    def _budget_spent(self) -> bool:
-        """train.max_steps or train.max_minutes reached. Time is agreed on by all ranks
-        (their clocks differ, they must stop together); steps are the same everywhere."""
+    def _limits_reached(self) -> dict[str, float]:
+        """The limits of epochs, steps and time that the run has reached. Time is agreed on
+        by all ranks (their clocks differ, they must stop together); steps and epochs are
+        the same everywhere."""
         train, progress = self.config.train, self.progress
-        if train.max_steps and progress.step >= train.max_steps:
-            return True
-        if train.max_minutes is None:
-            return False
-        spent = progress.elapsed >= 60 * train.max_minutes
-        return distributed.any_rank(spent, self.context, self.device)
+        spent = train.max_minutes is not None and distributed.any_rank(
+            progress.elapsed >= 60 * train.max_minutes, self.context, self.device
+        )
+        return limits_reached(train, progress, spent)
+
+    def _budget_spent(self) -> bool:
+        """train.max_steps or train.max_minutes reached."""
+        return bool(self._limits_reached().keys() & {"train.max_steps", "train.max_minutes"})
 
     def _validate(self) -> None:
         """Rank 0 validates; its score reaches every rank, so that the best score, early

@@ -9,25 +9,25 @@ of strings.
     for candidates in translator.translate_nbest(["Ein Hund rennt."], beam): ...
     ensemble = Translator.from_checkpoint(["a.pt", "b.pt"])
 
-`train` (validation), `translate`, `evaluate` and `serve` all decode through this class.
+`train` (validation) decodes through this class, and so do `translate`, `evaluate` and
+`serve` on the torch runtime (translation.py has what it shares with the onnxruntime one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from seq2seq.checkpoint import Bundle, load_bundle
 from seq2seq.config import DecodeConfig
 from seq2seq.data import Batch, collate, make_batches
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import UserError, is_out_of_memory
-from seq2seq.gates import GateValues
 from seq2seq.inference import prepared
+from seq2seq.loss import sequence_loss
 from seq2seq.model import Seq2Seq, evaluating
 from seq2seq.search import (
     Hypothesis,
@@ -37,37 +37,11 @@ from seq2seq.search import (
     max_output_lengths,
 )
 from seq2seq.text import TextSide
-from seq2seq.vocab import SPECIALS, UNK
 
-
-@dataclass
-class Translation:
-    text: str  # detokenized output
-    tokens: list[str]  # output tokens, without <eos>
-    source_tokens: list[str]  # as translated (after truncation)
-    score: float  # log-probability of the output with <eos> (/ length penalty in beams)
-    attention: Tensor  # [len(tokens) + 1, len(source_tokens) + 2]: rows output (+<eos>),
-    #                    columns <sos> source <eos>
-    truncated: bool = False  # the source was longer than decode.max_source_length
-    gates: GateValues | None = None  # encoder gate values (channel [2H], temporal
-    #                                  [len(source_tokens) + 2]) when the model has a gate
-
-    def attention_grid(self) -> tuple[list[str], list[str], Tensor]:
-        """The attention as a heatmap shows it -> (row labels: output tokens and <eos>,
-        column labels: <sos> source tokens <eos>, weights [rows, columns])."""
-        columns = ["<sos>", *self.source_tokens, "<eos>"]
-        rows = [*self.tokens, "<eos>"][: self.attention.size(0)]
-        return rows, columns, self.attention[: len(rows), : len(columns)]
-
-    def alignment(self) -> list[int]:
-        """For each output token, the index of the source token it attends to most."""
-        if not self.source_tokens:
-            return []
-        return (
-            (self.attention[: len(self.tokens), 1 : len(self.source_tokens) + 1])
-            .argmax(dim=1)
-            .tolist()
-        )
+# Where they were defined before the onnxruntime path shared them: importable from here too.
+from seq2seq.translation import Search, TextTranslator
+from seq2seq.translation import Translation as Translation
+from seq2seq.translation import replace_unknown as replace_unknown
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,8 +58,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class Translator:
-    """One model, or an ensemble of models that read and write the same text."""
+class Translator(TextTranslator):
+    """One model, or an ensemble of models that read and write the same text, on torch."""
+
+    runtime = "torch"
 
     def __init__(
         self,
@@ -142,40 +118,57 @@ class Translator:
             self._prepared[precision] = [prepared(m, precision) for m in self.models]
         return self._prepared[precision]
 
-    def translate(self, lines: list[str], decode: DecodeConfig | None = None) -> list[Translation]:
-        """One Translation per line, in order; an empty line gives an empty translation."""
-        return [candidates[0] for candidates in self.translate_nbest(lines, decode)]
-
-    def translate_nbest(
-        self, lines: list[str], decode: DecodeConfig | None = None
-    ) -> list[list[Translation]]:
-        """The `decode.nbest` best translations of each line, best first."""
-        decode = decode or self.decode
-        source_tokens = self.src.tokenize(lines)
-        truncated = [len(tokens) > decode.max_source_length for tokens in source_tokens]
-        source_tokens = [tokens[: decode.max_source_length] for tokens in source_tokens]
-        empty = [Translation("", [], [], 0.0, torch.zeros(1, 2))]
-        results: list[list[Translation]] = [empty * decode.nbest for _ in lines]
-        nonempty = [i for i, tokens in enumerate(source_tokens) if tokens]
-        ids = [self.src.ids(source_tokens[i]) for i in nonempty]
+    @contextmanager
+    def searching(self, decode: DecodeConfig) -> Iterator[Search]:
         model = self.searchable(decode)
+
+        def search(rows: list[list[int]]) -> list[list[Hypothesis]]:
+            ids = [torch.tensor(row, dtype=torch.long) for row in rows]
+            return self._search(model, collate(list(range(len(ids))), ids, None), decode)
+
         with evaluating(model):
-            for positions in make_batches([len(row) for row in ids], decode.batch_size):
-                batch = collate(positions, ids, None).to(self.device)
-                for position, hypotheses in zip(
-                    positions, self._search(model, batch, decode), strict=True
-                ):
-                    line = nonempty[position]
-                    results[line] = [
-                        self._finish(h, source_tokens[line], truncated[line], decode)
-                        for h in hypotheses
-                    ]
-        return results
+            yield search
+
+    def no_attention(self) -> torch.Tensor:
+        return torch.zeros(1, 2)
+
+    def members(self) -> list[dict[str, object]]:
+        return [
+            {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "model": model.config.model_dump(),
+            }
+            for model in self.models
+        ]
+
+    @torch.inference_mode()
+    def corpus_losses(
+        self, sources: list[str], references: list[str], decode: DecodeConfig
+    ) -> tuple[float, float]:
+        """evaluation.corpus_losses with torch: teacher forcing 1, then 0, in batches."""
+        model = self.searchable(decode)
+        src, trg = self.src.encode(sources), self.trg.encode(references)
+        forced_loss: list[float] = []  # summed loss of each batch
+        free_loss: list[float] = []
+        tokens = 0
+        lengths = [max(len(s), len(t)) for s, t in zip(src, trg, strict=True)]
+        with evaluating(model):
+            for indices in make_batches(lengths, decode.batch_size):
+                batch = collate(indices, src, trg).to(self.device)
+                trg_in = batch.trg[:, :-1]
+                for teacher_forcing, total in ((1.0, forced_loss), (0.0, free_loss)):
+                    log_probs = model.sequence_log_probs(
+                        batch.src, batch.src_lengths, trg_in, teacher_forcing
+                    )
+                    total.append(float(sequence_loss(log_probs, batch.trg)))
+                tokens += batch.target_tokens
+        return sum(forced_loss) / max(tokens, 1), sum(free_loss) / max(tokens, 1)
 
     def _search(
         self, model: Searchable, batch: Batch, decode: DecodeConfig
     ) -> list[list[Hypothesis]]:
         """Greedy for beam size 1, else beam search: the `nbest` best per sentence."""
+        batch = batch.to(self.device)
         limits = max_output_lengths(
             batch.src_lengths, decode.max_length_ratio, decode.max_length_offset
         )
@@ -201,19 +194,6 @@ class Translator:
                 f"lower the batch size (now {decode.batch_size}, --batch-size)"
             ) from None
 
-    def _finish(
-        self, hypothesis: Hypothesis, source: list[str], truncated: bool, decode: DecodeConfig
-    ) -> Translation:
-        """Ids -> tokens -> text, replacing <unk> from the source if asked to."""
-        tokens = self.trg.tokens(hypothesis.tokens)
-        translation = Translation(
-            "", tokens, source, hypothesis.score, hypothesis.attention, truncated, hypothesis.gates
-        )
-        if decode.replace_unk and not self.trg.tokenizer.subword:  # pieces are never <unk>
-            translation.tokens = replace_unknown(tokens, source, translation.alignment())
-        translation.text = self.trg.detokenize(translation.tokens)
-        return translation
-
 
 def check_same_text(
     first_path: str | Path, first: Bundle, path: str | Path, bundle: Bundle
@@ -225,10 +205,3 @@ def check_same_text(
             raise UserError(
                 f"{path} and {first_path} cannot decode together: their {name} {difference} differ"
             )
-
-
-def replace_unknown(tokens: list[str], source: list[str], alignment: list[int]) -> list[str]:
-    """Each <unk> output token becomes the source token it attends to most."""
-    return [
-        source[alignment[i]] if token == SPECIALS[UNK] else token for i, token in enumerate(tokens)
-    ]

@@ -39,11 +39,16 @@ class ValidationTracker:
             self.best, self.bad_validations = score, 0
         else:
             self.bad_validations += 1
-        stop = bool(self.patience and self.bad_validations >= self.patience)
+        stop = self.out_of_patience
         keep, dropped = False, []
         if self.keep:
             self.kept, keep, dropped = rank_kept(self.kept, score, step, self.keep)
         return Verdict(score, improved, stop, keep, dropped)
+
+    @property
+    def out_of_patience(self) -> bool:
+        """`patience` validations in a row without improvement: early stopping."""
+        return bool(self.patience and self.bad_validations >= self.patience)
 
     def describe(self, verdict: Verdict) -> str:
         """' (new best)', or how long the metric has not improved and whether that stops."""

@@ -10,6 +10,8 @@ import json
 import math
 import os
 import random
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,9 +23,13 @@ import sacrebleu
 import spacy
 import torch
 import torch.nn.functional as F
-from conftest import TOY_CONFIG, TOY_DATA, run_cli, toy_overrides
+import typer.main
+from conftest import ROOT, TOY_CONFIG, TOY_DATA, run_cli, toy_overrides
 
 import seq2seq.cli
+import seq2seq.training
+from seq2seq import console
+from seq2seq.config import load_config
 from seq2seq.corpus import read_lines
 from seq2seq.errors import UserError
 from seq2seq.translator import Translator
@@ -491,3 +497,171 @@ def test_evaluate_scores_a_hypothesis_stream(tmp_path: Path) -> None:
     code, out, err = run_shell("seq2seq evaluate --hyp <(cat ref.en) --ref ref.en --json", tmp_path)
     assert code == 0, err
     assert json.loads(out)["bleu"] == 100.0
+
+
+# -- the command line itself: global options anywhere, help, average, the version ---------
+
+
+def average_args(toy_checkpoint: Path, output: Path) -> list[str | Path]:
+    """`average` of the toy run's best.pt and last.pt: it says one thing at each verbosity."""
+    return ["average", toy_checkpoint, toy_checkpoint.parent / "last.pt", "-o", output]
+
+
+@pytest.mark.parametrize("flag", ["--quiet", "-q", "--verbose", "-v"])
+@pytest.mark.parametrize("place", ["before", "after"])
+def test_global_options_go_before_or_after_the_command(
+    flag: str, place: str, toy_checkpoint: Path, tmp_path: Path, cli, monkeypatch
+) -> None:
+    monkeypatch.setattr(console, "_verbosity", console.NORMAL)
+    output = tmp_path / "avg.pt"
+    command = average_args(toy_checkpoint, output)
+    code, out, err = cli(*([flag, *command] if place == "before" else [*command, flag]))
+    assert code == 0 and out == "", err
+    done = f"averaged 2 checkpoints into {output}\n"
+    assert err == ("" if flag in ("--quiet", "-q") else f"averaging 2 checkpoints\n{done}")
+
+
+@pytest.mark.parametrize("place", ["before", "after"])
+def test_debug_goes_before_or_after_the_command(
+    place: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(seq2seq.cli, "_debug", False)  # --debug sets a module global
+    command = ["average", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "avg.pt")]
+    argv = ["--debug", *command] if place == "before" else [*command, "--debug"]
+    monkeypatch.setattr(sys, "argv", ["seq2seq", *argv])
+    with pytest.raises(UserError, match="missing.pt"):  # the traceback, not one line
+        seq2seq.cli.main()
+
+
+def test_global_options_are_parsed_as_options(toy_checkpoint: Path, tmp_path: Path, cli) -> None:
+    """Click parses them: an option's value that looks like one stays a value, and the two
+    verbosities still contradict each other across the command's name."""
+    code, _, err = cli("translate", "-m", toy_checkpoint, "--input", "-q")
+    check_mistake(code, err, ["-q: file not found"])
+    code, _, err = cli("-q", *average_args(toy_checkpoint, tmp_path / "avg.pt"), "-v")
+    check_mistake(code, err, ["--quiet and --verbose contradict each other"])
+    assert not (tmp_path / "avg.pt").exists()
+
+
+COMMANDS = typer.main.get_command(seq2seq.cli.app).commands
+# What Typer shows for a value unless told better: a Python type, a {name}, <path>.
+RAW_PLACEHOLDER = re.compile(r"<list\[|\{[A-Za-z_]+\}|<(path|str|int|float|bool)\b")
+
+
+def example_lines(help_text: str) -> list[str]:
+    """The command lines under a command's `Example:` or `Examples:`."""
+    _, found, examples = help_text.partition("Example")
+    assert found, "no example"
+    return [line.strip() for line in examples.splitlines()[1:] if "seq2seq" in line]
+
+
+def parse_example(line: str) -> list[str]:
+    """An example's arguments after `seq2seq`, parsed by the command's own parser: its
+    options exist and take what it gives them. A pipe's left side and redirections go."""
+    words = shlex.split(line.split("|")[-1])
+    redirected = {i + 1 for i, word in enumerate(words) if word in ("<", ">")}
+    args = [w for i, w in enumerate(words) if w not in ("<", ">") and i not in redirected]
+    group = typer.main.get_command(seq2seq.cli.app)
+    assert args[0] == "seq2seq" and args[1] in group.commands, line
+    with group.make_context("seq2seq", args[1:2]) as root:
+        group.commands[args[1]].make_context(args[1], args[2:], parent=root)
+    return args[1:]
+
+
+def test_seq2seq_alone_prints_the_help(cli) -> None:
+    code, out, err = cli()
+    assert (code, err) == (0, "")
+    assert out == cli("--help")[1] and out.startswith("Usage: seq2seq [OPTIONS] COMMAND")
+
+
+@pytest.mark.parametrize("columns", ["80", "30"])
+def test_the_command_list_has_one_whole_summary_each(columns: str, cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", columns)
+    code, out, _ = cli("--help")
+    listing = out.split("Commands:\n")[1].splitlines()
+    assert [line.split()[0] for line in listing if line.startswith("  ") and
+            not line.startswith("   ")] == list(COMMANDS)  # fmt: skip
+    assert not [line for line in listing if line.rstrip().endswith("...")]
+    if columns == "80":  # room enough: one line each
+        assert len(listing) == len(COMMANDS), out
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_help_shows_readable_names_and_examples(name: str, cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = cli(name, "--help")
+    assert code == 0, err
+    assert not RAW_PLACEHOLDER.search(out), RAW_PLACEHOLDER.search(out)
+    assert max(map(len, out.splitlines())) <= 80  # examples too
+    for param in COMMANDS[name].params:  # `--x / --no-x` only where unset means the config's
+        assert not getattr(param, "secondary_opts", None) or param.default is None, param.name
+    lines = example_lines(out)
+    assert lines and all(parse_example(line)[0] == name for line in lines)
+    assert "-q, --quiet" in out and "--debug" in out  # the global options, listed here too
+
+
+def test_average_on_a_run_without_kept_checkpoints_says_how_to_keep_them(
+    toy_checkpoint: Path, tmp_path: Path, cli
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("best.pt", "last.pt", "config.yaml"):
+        shutil.copy(toy_checkpoint.parent / name, run_dir / name)
+    code, _, err = cli("average", run_dir, "--output", tmp_path / "avg.pt")
+    check_mistake(code, err, [f"{run_dir}: no ckpt-step*.pt files", "seq2seq average A.pt"])
+    setting = re.search(r"--set (\S+=\d+)", err)
+    assert setting, err
+    assert load_config(TOY_CONFIG, [setting.group(1)]).train.keep_checkpoints >= 2
+    assert not (tmp_path / "avg.pt").exists()
+
+
+def test_average_of_one_checkpoint_says_one(toy_checkpoint: Path, tmp_path: Path, cli) -> None:
+    output = tmp_path / "avg.pt"
+    code, _, err = cli("average", toy_checkpoint, "--output", output)
+    assert code == 0, err
+    assert err.endswith(f"averaged 1 checkpoint into {output}\n") and "checkpoints" not in err
+
+
+def readme_toy_commands() -> list[str]:
+    """The command lines of the README's first run on the toy data."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## First run")[1]
+    return [line.strip() for line in section.split("\n## ")[0].splitlines()
+            if line.startswith("    ") and "seq2seq" in line]  # fmt: skip
+
+
+def test_the_readme_toy_run_averages_what_the_toy_config_keeps(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's toy commands in order, in a fresh folder; the training stops after two
+    epochs (two validations: two kept checkpoints) to stay quick."""
+    for name in ("configs", "data"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(seq2seq.training, "plot_run", lambda run_dir: None)  # curves.png
+    commands = readme_toy_commands()
+    assert [line.split("seq2seq ")[1].split()[0] for line in commands] == [
+        "train", "translate", "average", "evaluate"
+    ]  # fmt: skip
+    outputs = []
+    for line in commands:
+        stdin, _, command = line.rpartition("| ")
+        args = shlex.split(command)[1:]
+        if args[0] == "train":
+            args += sets("train.max_steps=50")  # 25 steps an epoch
+        text = shlex.split(stdin)[1] + "\n" if stdin else ""
+        code, out, err = cli(*args, input=text.encode())
+        assert code == 0, f"{line}: {err}"
+        outputs.append((out, err))
+    assert len(list((tmp_path / "runs" / "toy").glob("ckpt-step*.pt"))) == 2
+    assert "averaged 2 checkpoints into runs/toy/averaged.pt" in outputs[2][1]
+    assert "BLEU = " in outputs[3][0]
+
+
+def test_the_version_comes_from_one_place(cli) -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    dynamic = project["tool"]["setuptools"]["dynamic"]["version"]
+    assert dynamic == {"attr": "seq2seq.__version__"}
+    code, out, _ = cli("--version")
+    assert out.startswith(f"seq2seq {seq2seq.__version__} (torch ")

@@ -1,21 +1,26 @@
 """The command line's conventions: --version, shell completion, `-` for stdin and stdout,
 choices for enumerated options, one error style, --quiet and --verbose, progress bars
-only on a terminal, train.log, rounded JSON, help wrapped between words."""
+only on a terminal, train.log, rounded JSON, help wrapped between words; and code prose
+without measured figures."""
 
 from __future__ import annotations
 
+import ast
 import io
 import re
 import sys
+import tokenize
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from conftest import TOY_CONFIG, TOY_DATA, toy_overrides
+from conftest import ROOT, TOY_CONFIG, TOY_DATA, toy_overrides
 from test_cli import check_mistake, sets
 
 from seq2seq import console
 from seq2seq.config import load_config
+from seq2seq.errors import UserError
 
 SOURCES = "Ein Hund läuft im Park.\n\nZwei Männer tanzen im Schnee.\n".encode()
 
@@ -48,11 +53,16 @@ def test_dash_is_stdin_and_stdout(toy_checkpoint: Path, tmp_path: Path, cli) -> 
 
 
 def test_a_config_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
-    text = TOY_CONFIG.read_text(encoding="utf-8") + "seed: [1\n"
-    monkeypatch.setattr(sys, "stdin", io.StringIO(TOY_CONFIG.read_text(encoding="utf-8")))
-    assert load_config("-", ["seed=7"]) == load_config(TOY_CONFIG, ["seed=7"])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    """Read as every stdin is (corpus.stdin_lines): bytes, CRLF endings and a BOM too."""
+    text = TOY_CONFIG.read_bytes()
+    for piped in (text, b"\xef\xbb\xbf" + text.replace(b"\n", b"\r\n")):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped)))
+        assert load_config("-", ["seed=7"]) == load_config(TOY_CONFIG, ["seed=7"])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text + b"seed: [1\n")))
     with pytest.raises(Exception, match=r"^<stdin>:\d+:\d+: YAML syntax error"):
+        load_config("-")
+    monkeypatch.setattr(sys, "stdin", None)  # `<&-`
+    with pytest.raises(UserError, match=r"^<stdin>: closed"):
         load_config("-")
 
 
@@ -77,12 +87,11 @@ def test_where_dash_cannot_be(cli, args: list[str], expected: str) -> None:
         (["evaluate", "--hyp", "h", "--ref", "r", "--precision", "fp16"],
          "error: Invalid value for '--precision': 'fp16' is not one of 'fp32', 'bf16', 'int8'."),
         (["download", "imagenet", "--dest", "data"],
-         "error: Invalid value for 'dataset': 'imagenet' is not one of 'multi30k'."),
+         "error: Invalid value for 'DATASET': 'imagenet' is not one of 'multi30k'."),
         (["translate", "-m", "x.pt", "--bogus"], "error: No such option: --bogus"),
         (["translate"], "error: Missing option '--model'"),
         (["translate", "-m", "x.pt", "--beam", "0"], "error: Invalid value for '--beam'"),
         (["trian"], "error: No such command 'trian'"),
-        ([], "error: no command given"),
         (["--quiet", "--verbose", "plot", "run"], "error: --quiet and --verbose contradict"),
     ],
 )  # fmt: skip
@@ -153,3 +162,38 @@ def test_warnings_survive_quiet(toy_checkpoint: Path, cli) -> None:
                          input=text.encode())  # fmt: skip
     assert code == 0 and len(out.splitlines()) == 2
     assert err == "warning: <stdin>:2: longer than 250 tokens, truncated\n"
+
+
+# A measured figure: a speed-up (2.3x, 3-5x), a share (10%), a time (40 ms, 0.75 s), a
+# decimal size (42 MB; limits are binary, 32 MiB), a score (37.45 BLEU) or a rate.
+NUMBER = r"(?<![\w.-])\d+(\.\d+)?(-\d+(\.\d+)?)?"  # 2, 0.75, 3-5; not the 8 of UTF-8
+MEASURED = re.compile(
+    rf"{NUMBER}( ?%|(x| (ms|s|min|bytes|BLEU|chrF)| ?(kB|KB|MB|GB))\b)"
+    r"|\b(sentences|tokens|requests|steps)/s\b"
+)
+
+
+def prose(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, text) of every comment and docstring of a module (a string statement,
+    pydantic's field docstrings too); a docstring line by line."""
+    source = path.read_text(encoding="utf-8")
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            yield token.start[0], token.string
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            if isinstance(node.value.value, str):
+                for offset, line in enumerate(node.value.value.splitlines()):
+                    yield node.lineno + offset, line
+
+
+def test_code_prose_says_why_not_how_fast() -> None:
+    """Comments and docstrings carry no measured figure: it would be wrong after the next
+    optimization; docs/performance.md holds the figures, each with its command."""
+    found = [
+        f"seq2seq/{path.name}:{line}: {text.strip()}"
+        for path in sorted((ROOT / "seq2seq").glob("*.py"))
+        for line, text in prose(path)
+        if MEASURED.search(text)
+    ]
+    assert found == []

@@ -23,6 +23,7 @@ from seq2seq.corpus import (
     read_split,
     read_tsv,
     split_path,
+    stdin_lines,
     tsv_path,
 )
 from seq2seq.errors import UserError
@@ -185,6 +186,20 @@ def test_dash_reads_stdin_and_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"eins\n\xff\n")))
     with pytest.raises(UserError, match=r"^<stdin>:2: invalid UTF-8"):
         read_lines("-")
+
+
+def test_stdin_prompts_before_each_line_and_reads_no_further(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A person at a terminal sees `> ` before each line they type, and each line is
+    translated before the next one is read."""
+    first = b"\xef\xbb\xbfeins\r\n"
+    source = io.BytesIO(first + b"zwei\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(source))
+    lines = stdin_lines("> ")
+    assert next(lines) == "eins" and capsys.readouterr().err == "> "
+    assert source.tell() == len(first)
+    assert list(lines) == ["zwei"] and capsys.readouterr().err == "> > "  # and the end
 
 
 @pytest.mark.parametrize("name", ["fifo.txt", "fifo.txt.gz"])

@@ -18,6 +18,7 @@ from conftest import ROOT, TOY_CONFIG, TOY_DATA
 import seq2seq.training
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import load_config
+from seq2seq.distributed import Context, launched
 from seq2seq.training import train
 from seq2seq.translator import Translator
 
@@ -32,6 +33,7 @@ COMMON = [
     "train.batch_size=9",
     "train.epochs=1",
     "train.validate_every=1000",
+    "train.keep_checkpoints=0",  # configs/toy.yaml keeps 3 (the README's `average` step)
     "train.save_every=2",
     "train.threads=1",
     "train.device=cpu",
@@ -124,3 +126,16 @@ def test_a_ddp_checkpoint_translates_in_one_process(runs):
     assert result.source_tokens == ["Ein", "Hund", "läuft", "im", "Park", "."]
     assert isinstance(result.attention, torch.Tensor)
     assert result.attention.shape == (len(result.tokens) + 1, 8)
+
+
+def test_who_torchrun_made_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One reading of torchrun's variables, before any group is joined: the command line
+    and the run folder's lock ask it whether this process is rank 0."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert launched() == Context() and launched().is_main
+    for name, value in (("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1"),
+                        ("LOCAL_WORLD_SIZE", "2")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    assert launched() == Context(rank=3, world_size=4, local_rank=1, local_world_size=2)
+    assert not launched().is_main

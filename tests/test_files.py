@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from seq2seq.errors import UserError
-from seq2seq.files import make_folder, remove_orphans, write_atomic
+from seq2seq.files import make_folder, remove_orphans, same_file, write_atomic
 
 
 def test_only_the_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
@@ -60,3 +60,14 @@ def test_an_output_through_a_link_to_a_pipe_is_written_into_the_pipe() -> None:
     finally:
         os.close(reader)
         os.close(writer)
+
+
+def test_one_file_under_two_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a link or `./`; a name that is no file (yet), a Hub id, is none."""
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"x")
+    (tmp_path / "link.pt").symlink_to(checkpoint)
+    monkeypatch.chdir(tmp_path)
+    assert same_file(checkpoint, "link.pt") and same_file("./best.pt", checkpoint)
+    assert not same_file(checkpoint, tmp_path / "last.pt")
+    assert not same_file("hf:org/model", checkpoint)

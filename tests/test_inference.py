@@ -1,5 +1,6 @@
 """Models prepared for CPU decoding (seq2seq/inference.py): same translations in fp32,
-int8 weights that still translate the toy test set, nothing changed in the loaded model."""
+with oneDNN or without it, int8 weights that still translate the toy test set, nothing
+changed in the loaded model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from seq2seq.corpus import read_lines
 from seq2seq.errors import UserError
-from seq2seq.inference import OneDnnLinear, prepared, quantized
+from seq2seq.inference import OneDnnLinear, onednn_linear_works, prepared, quantized
 from seq2seq.metrics import score_corpus
 from seq2seq.serve import Limits, create_app
 from seq2seq.translator import Translator
@@ -38,6 +39,33 @@ def test_fp32_preparation_translates_as_the_loaded_model(toy_translator: Transla
         for a, b in zip(candidates, expected, strict=True):
             assert a.score == pytest.approx(b.score, abs=1e-4)
             assert torch.allclose(a.attention, b.attention, atol=1e-5)
+
+
+@pytest.mark.parametrize("upgrade", ["removed", "new arguments", "another result"])
+def test_fp32_decodes_through_nn_linear_where_the_private_onednn_op_fails(
+    toy_translator: Translator, monkeypatch: pytest.MonkeyPatch, upgrade: str
+) -> None:
+    """A torch whose `torch._C._nn.mkldnn_linear` is gone or changed translates as the
+    loaded model does, through its nn.Linear."""
+    if upgrade == "removed":
+        monkeypatch.delattr(torch._C._nn, "mkldnn_linear", raising=False)
+    else:
+        changed = {"new arguments": lambda i, w, b, out: i, "another result": lambda i, w, b: i}
+        monkeypatch.setattr(torch._C._nn, "mkldnn_linear", changed[upgrade], raising=False)
+    onednn_linear_works.cache_clear()
+    try:
+        toy = toy_translator
+        fallback = Translator(toy.models, toy.src, toy.trg, toy.decode, toy.device, frozen=True)
+        decode = toy_translator.decode.updated(beam_size=4, batch_size=7)
+        assert isinstance(fallback.searchable(decode).decoder.output, nn.Linear)
+        fast = fallback.translate_nbest(SOURCES, decode)
+    finally:
+        onednn_linear_works.cache_clear()  # probed again with the real op
+    reference = plain(toy_translator).translate_nbest(SOURCES, decode)
+    for candidates, expected in zip(fast, reference, strict=True):
+        for a, b in zip(candidates, expected, strict=True):
+            assert (a.text, a.score) == (b.text, b.score)
+            assert torch.equal(a.attention, b.attention)
 
 
 def test_preparing_leaves_the_model_as_loaded(toy_translator: Translator) -> None:

@@ -48,14 +48,38 @@ def test_decoder_step_and_model_shapes() -> None:
     assert model(src, lengths, trg_in).shape == (2, 7, TV)
 
 
-def test_memory_select_reorders_rows() -> None:
+def test_a_step_under_bf16_autocast_gives_fp32_log_probs() -> None:
+    """Search sums a step's log-probs over many steps: fp32 also when decoding in bf16
+    (CPU autocast leaves log_softmax of bf16 logits in bf16)."""
     model = tiny_model()
+    state = model.start(*random_batch([5, 3], SV))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        log_probs, _, _ = model.step(torch.tensor([SOS, SOS]), state)
+    assert log_probs.dtype == torch.float32
+    assert torch.allclose(log_probs.exp().sum(1), torch.ones(2))
+
+
+def test_memory_select_reorders_rows() -> None:
+    """Every field takes the rows asked for, the encoder gate's values too (CBAM: channel
+    [B,2H] and temporal [B,S])."""
+    config = tiny_model_config()
+    gated = config.encoder.model_copy(update={"gate": "cbam", "gate_reduction": 3})
+    model = Seq2Seq(config.model_copy(update={"encoder": gated}), SV, TV).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5)
     src, lengths = random_batch([4, 3], SV)
     memory, _ = model.encode(src, lengths)
     picked = memory.select(torch.tensor([1, 1, 0]))
-    assert torch.equal(picked.outputs[2], memory.outputs[0])
-    assert torch.equal(picked.keys[0], memory.keys[1])
-    assert picked.mask.tolist() == [memory.mask[1].tolist()] * 2 + [memory.mask[0].tolist()]
+    fields = {
+        "outputs": (picked.outputs, memory.outputs),
+        "keys": (picked.keys, memory.keys),
+        "mask": (picked.mask, memory.mask),
+        "channel gate": (picked.gates.channel, memory.gates.channel),
+        "temporal gate": (picked.gates.temporal, memory.gates.temporal),
+    }
+    for name, (rows, original) in fields.items():
+        assert torch.equal(rows, torch.stack([original[1], original[1], original[0]])), name
 
 
 @given(
@@ -231,6 +255,18 @@ def test_teacher_forcing_zero_feeds_the_models_own_predictions() -> None:
             log_probs, state, _ = model.decoder.step(tokens, state, memory)
             assert torch.allclose(torch.log_softmax(logits[:, t], -1), log_probs, atol=1e-5)
             tokens = log_probs.argmax(1)
+
+
+@pytest.mark.parametrize("teacher_forcing", [0.0, 1.0])
+def test_teacher_forcing_0_or_1_draws_no_random_number(teacher_forcing: float) -> None:
+    """Scoring a corpus (teacher forcing 1, then 0) in the middle of a training run leaves
+    the run's random stream as it was: training goes on as it would without it."""
+    model = tiny_model()
+    src, lengths = random_batch([5, 3], SV)
+    trg_in = torch.randint(4, TV, (2, 6))
+    before = torch.get_rng_state()
+    model(src, lengths, trg_in, teacher_forcing)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 @pytest.mark.parametrize("teacher_forcing", [0.0, 0.5, 1.0])

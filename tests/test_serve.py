@@ -108,6 +108,35 @@ def test_a_request_after_the_wait_starts_the_next_batch() -> None:
     assert [texts for texts, _ in calls] == [["a"], ["b"]]
 
 
+def test_stop_waits_for_the_decode_in_flight_and_leaves_no_task_or_thread() -> None:
+    """The server stops the batcher last: when stop() returns, a decoder call still running
+    for a client that went away has finished, and the worker task and the decoder thread
+    are gone. A batcher that never started stops as well."""
+    entered, finished = threading.Event(), []
+
+    def slow(texts: list[str], decode: DecodeConfig) -> list[list[str]]:
+        entered.set()
+        time.sleep(0.5)
+        finished.append(texts)
+        return [[text] for text in texts]
+
+    async def run() -> None:
+        await Batcher(slow, 64, 0.0).stop()
+        threads = set(threading.enumerate())
+        batcher = Batcher(slow, 64, 0.0)
+        batcher.start()
+        request = asyncio.ensure_future(batcher.translate(["a"], DecodeConfig()))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        request.cancel()
+        await batcher.stop()
+        assert finished == [["a"]]
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        assert not set(threading.enumerate()) - threads
+
+    asyncio.run(run())
+
+
 def closed_loop(batcher: Batcher, returns: list[float | None]) -> list[float]:
     """Clients that each send one sentence, all at once, then, once answered, wait their
     `returns` seconds and send another (None: they do not) -> when the second ones were sent."""
@@ -365,6 +394,7 @@ def test_health_info_page_and_openapi(client: TestClient, toy_translator: Transl
         {"checkpoint": "toy.pt", "parameters": parameters, "model": model.config.model_dump()}
     ]
     assert info["parameters"] == parameters
+    assert info["name"] == "toy.pt" and info["languages"] == {"source": "de", "target": "en"}
     assert info["vocabulary"] == {
         "source": len(toy_translator.src.vocab),
         "target": len(toy_translator.trg.vocab),

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import seq2seq.tokenizer
+from seq2seq import console
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.vocab import EOS, PAD, SOS, SPECIALS, UNK, Vocabulary
 
@@ -100,10 +102,25 @@ def test_one_token_list_per_text_in_order(german: Tokenizer) -> None:
     assert german.tokenize(texts) == [["Satz", str(i), "endet", "hier", "."] for i in range(50)]
 
 
-def test_missing_pipeline_falls_back_to_blank() -> None:
-    assert Tokenizer("de", "de_nosuch_news_sm").name == "blank:de"
-    assert Tokenizer("de", None).name == "blank:de"
-    assert Tokenizer("de", "blank:de").name == "blank:de"
+def test_missing_pipeline_falls_back_to_blank_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """One line per pipeline named but not installed, however many tokenizers (sides,
+    models, texts) use it; none when no pipeline was named."""
+    monkeypatch.setattr(seq2seq.tokenizer, "_FALLBACKS_SAID", set())  # a fresh process
+    monkeypatch.setattr(console, "_verbosity", console.NORMAL)
+    tokenizers = [Tokenizer("de", "de_nosuch_news_sm") for _ in range(2)]
+    tokenizers += [Tokenizer("en", "en_nosuch_web_sm"), Tokenizer("de", None)]
+    tokenizers.append(Tokenizer("de", "blank:de"))
+    for tokenizer in tokenizers:
+        assert tokenizer.tokenize(["Ein Hund.", "Zwei Hunde."])[1] == ["Zwei", "Hunde", "."]
+    assert [t.name for t in tokenizers] == ["blank:de", "blank:de", "blank:en", *["blank:de"] * 2]
+    assert capsys.readouterr().err == (
+        "de_nosuch_news_sm is not installed; using spaCy's rule-based German tokenizer (same "
+        "tokenization rules)\n"
+        "en_nosuch_web_sm is not installed; using spaCy's rule-based English tokenizer (same "
+        "tokenization rules)\n"
+    )
 
 
 # Tokenizes with each language,pipeline given on the command line in a fresh interpreter,

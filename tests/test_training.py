@@ -20,16 +20,26 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 
 import seq2seq.training
+from seq2seq import console
 from seq2seq.checkpoint import load_checkpoint
-from seq2seq.config import load_config
+from seq2seq.config import TrainConfig, load_config
 from seq2seq.data import collate, make_batches
 from seq2seq.errors import UserError
 from seq2seq.evaluation import Evaluation
 from seq2seq.loss import sequence_loss
 from seq2seq.metrics import Scores
-from seq2seq.training import Trainer, Window, train
+from seq2seq.training import (
+    Interrupted,
+    Progress,
+    Trainer,
+    Window,
+    end_line,
+    limits_reached,
+    train,
+)
 from seq2seq.vocab import PAD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +49,7 @@ BASE = [
     "train.threads=1",
     "train.teacher_forcing=0.7",  # exercises the RNG of the teacher-forcing coin too
     "train.validate_every=1000",  # validate only at the end: keeps these tests fast
+    "train.keep_checkpoints=0",  # configs/toy.yaml keeps 3 (the README's `average` step)
     "train.log_every=5",
     "model.encoder.hidden_size=24",
     "model.decoder.hidden_size=24",
@@ -151,9 +162,15 @@ def test_resume_with_a_new_batch_size_restarts_the_epoch(tmp_path: Path, no_plot
     run_dir = tmp_path / "run"
     train(config(run_dir, "train.max_steps=3", "train.batch_size=16"))  # 48 of 400 pairs seen
     train(config(run_dir, "train.epochs=1", "train.batch_size=8"), resume=True)
-    assert "epoch 1 restarts from its first batch" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "epoch 1 restarts from its first batch" in err
     # All 400 pairs of the epoch in batches of 8 after the 3 steps of 16: none skipped.
     assert load_checkpoint(run_dir / "last.pt")["step"] == 3 + 400 // 8
+    assert err.splitlines()[-1] == (  # the epochs, not the first session's max_steps
+        "finished after 53 steps (1 epoch done): train.epochs=1 reached; resume with: "
+        f"{shlex.join(['seq2seq', 'train', '--resume', '--run-dir', str(run_dir)])} "
+        "--set train.epochs=2"
+    )
 
 
 def _cli(run_dir: Path, *extra: str) -> list[str]:
@@ -391,7 +408,8 @@ def test_a_directory_in_place_of_a_run_file_is_found_first(tmp_path: Path, cli, 
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_early_stopping(tmp_path: Path, no_plots):
+def test_early_stopping(tmp_path: Path, no_plots, capsys, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(console, "_verbosity", console.NORMAL)  # a CLI test may have left it
     run_dir = tmp_path / "run"
     # At this learning rate the greedy output (and so BLEU) cannot change: stop after 2 checks.
     train(
@@ -407,6 +425,11 @@ def test_early_stopping(tmp_path: Path, no_plots):
     valid = [r for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if r["kind"] == "valid"]
     assert len(valid) == 3  # the first, then two without improvement
     assert load_checkpoint(run_dir / "last.pt")["step"] == 6
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == (
+        "finished after 6 steps (0 epochs done): early stopping, bleu did not improve for 2 "
+        "validations (train.patience=2)"
+    )
 
 
 def test_max_minutes_stops_validates_and_resumes(tmp_path: Path, no_plots):
@@ -419,6 +442,88 @@ def test_max_minutes_stops_validates_and_resumes(tmp_path: Path, no_plots):
     assert load_checkpoint(run_dir / "last.pt")["step"] == 1, "time was up: nothing more"
     train(config(run_dir, "train.max_steps=3", "train.epochs=50"), resume=True)
     assert load_checkpoint(run_dir / "last.pt")["step"] == 3, "a larger budget continues"
+
+
+RUN = Path("runs/my run")
+RESUME = "resume with: seq2seq train --resume --run-dir 'runs/my run'"
+
+
+@pytest.mark.parametrize(
+    "settings, where, spent, early, line",
+    [
+        ({}, (13, 300), False, False,
+         f"finished after 300 steps (12 epochs done): train.epochs=12 reached; {RESUME} "
+         "--set train.epochs=24"),
+        ({"max_steps": 40}, (4, 40), False, False,
+         f"finished after 40 steps (3 epochs done): train.max_steps=40 reached; {RESUME} "
+         "--set train.max_steps=80"),
+        ({"max_minutes": 5}, (2, 161), True, False,
+         "finished after 161 steps (1 epoch done): the time budget train.max_minutes=5.0 is "
+         f"spent; {RESUME} --set train.max_minutes=10.0"),
+        ({"max_steps": 10, "max_minutes": 5}, (1, 10), False, False,
+         f"finished after 10 steps (0 epochs done): train.max_steps=10 reached; {RESUME} "
+         "--set train.max_steps=20"),
+        ({"epochs": 2, "max_steps": 50, "max_minutes": 0.5}, (3, 50), True, False,
+         "finished after 50 steps (2 epochs done): train.epochs=2 reached and "
+         "train.max_steps=50 reached and the time budget train.max_minutes=0.5 is spent; "
+         f"{RESUME} --set train.epochs=4 --set train.max_steps=100 --set train.max_minutes=1.0"),
+        ({"patience": 3, "best_metric": "chrf", "max_steps": 1}, (2, 1), False, True,
+         "finished after 1 step (1 epoch done): early stopping, chrf did not improve for 3 "
+         "validations (train.patience=3)"),
+    ],
+)  # fmt: skip
+def test_the_last_line_says_why_a_run_stopped_and_how_it_goes_on(
+    settings, where: tuple[int, int], spent: bool, early: bool, line: str
+):
+    """Every limit reached is named, and raised in the command that goes on; early stopping
+    (the model stopped improving) has none."""
+    train_config = TrainConfig(**{"epochs": 12, **settings})
+    progress = Progress(epoch=where[0], step=where[1])
+    reached = limits_reached(train_config, progress, spent)
+    assert end_line(train_config, progress, reached, early, RUN) == line
+
+
+def test_a_signal_names_itself_and_the_command_that_resumes():
+    assert str(Interrupted(signal.SIGTERM, RUN)) == (
+        f"stopped by SIGTERM after saving {RUN / 'last.pt'}; {RESUME}"
+    )
+
+
+ENDING = re.compile(
+    r"^finished after (\d+) steps? \(\d+ epochs? done\): (.*); resume with: (.*)$", re.MULTILINE
+)
+
+
+@pytest.mark.parametrize(
+    "limit, raised, reasons",
+    [
+        ("train.max_steps=3", "train.max_steps=6",
+         ["train.max_steps=3 reached", "train.max_steps=6 reached"]),
+        ("train.max_minutes=0.005", "train.max_minutes=0.01",
+         ["the time budget train.max_minutes=0.005 is spent",
+          "the time budget train.max_minutes=0.01 is spent"]),
+    ],
+)  # fmt: skip
+def test_a_finished_run_says_why_and_its_command_goes_on(
+    tmp_path: Path, cli, no_plots, limit: str, raised: str, reasons: list[str]
+):
+    """A training process ends on a limit with one line naming it and the command that
+    continues; that command, as printed, trains on until the doubled limit."""
+    run_dir = tmp_path / "a run"
+    code, out, err = run_cli(*_cli(run_dir, "--set", limit))
+    assert code == 0, err[-3000:]
+    first = ENDING.search(err)
+    assert first is not None and first.group(2) == reasons[0], err[-3000:]
+    command = shlex.split(first.group(3))
+    assert command == ["seq2seq", "train", "--resume", "--run-dir", str(run_dir), "--set", raised]
+    code, out, err = cli(*command[1:])
+    assert code == 0, err
+    second = ENDING.search(err)
+    assert second is not None and second.group(2) == reasons[1], err
+    steps = int(first.group(1)), int(second.group(1))
+    assert load_checkpoint(run_dir / "last.pt")["step"] == steps[1] > steps[0]
+    if "max_steps" in limit:  # time is not that exact
+        assert steps[1] == 2 * steps[0]
 
 
 def test_inverse_sqrt_warmup(tmp_path: Path, no_plots):
