@@ -1,46 +1,56 @@
 #!/usr/bin/env bash
-# The torch-free install of the onnxruntime path, checked from scratch: export a model with
-# ONNX graphs (with this environment's seq2seq, which has torch), install seq2seq into a
-# fresh virtual environment as docs/translating.md says (requirements-onnxruntime.txt, then
-# seq2seq itself with --no-deps), translate a sentence there, check that torch is not
-# installed, and print the size of the environment's packages.
+# The torch-free install of the onnxruntime path, checked from scratch, as
+# docs/translating.md ("Without PyTorch") says to install it:
+#   1. export, with this environment's seq2seq (which has torch), the shipped subword model
+#      and the toy word model (configs/toy.yaml, trained here) with --onnx;
+#   2. a fresh virtual environment: requirements-onnxruntime.txt, then seq2seq with
+#      --no-deps; check that torch is absent, translate a sentence with the subword model,
+#      print the size of the environment's packages;
+#   3. add requirements-onnxruntime-words.txt (spaCy, sacremoses, sacreBLEU); translate with
+#      the toy word model, score it with `evaluate`, print the size again.
 #
-#     bash scripts/check_onnx_install.sh [MODEL]
+#     bash scripts/check_onnx_install.sh
 #
-# MODEL: a checkpoint or model folder (default: configs/toy.yaml trained for the check, a
-# word model, so spaCy and sacremoses are exercised too). Run from anywhere, with the
-# python that has seq2seq and torch first on PATH (or PYTHON=...).
+# Run from anywhere, with the python that has seq2seq and torch first on PATH (or
+# PYTHON=...). Packages come from pip's configured index.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-python}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+sentence="Ein Hund läuft im Park."
 
-model="${1:-}"
-if [[ -z "$model" ]]; then
-    echo "training the toy model (configs/toy.yaml)" >&2
-    (cd "$root" && "$python" -m seq2seq --quiet train --config configs/toy.yaml \
-        --run-dir "$work/toy" --set data.dir=data/toy --set train.threads=1)
-    model="$work/toy/best.pt"
-fi
-"$python" -m seq2seq --quiet export "$model" --output "$work/model" --onnx
+cd "$root"
+echo "exporting the shipped model and training and exporting the toy model" >&2
+"$python" -m seq2seq --quiet export models/multi30k-de-en-small --output "$work/subword" \
+    --dtype float16 --onnx
+"$python" -m seq2seq --quiet train --config configs/toy.yaml --run-dir "$work/toy" \
+    --set data.dir=data/toy --set train.threads=1
+"$python" -m seq2seq --quiet export "$work/toy/best.pt" --output "$work/words" --onnx
 
 "$python" -m venv "$work/venv"
-pip=("$work/venv/bin/python" -m pip --quiet --disable-pip-version-check)
-"${pip[@]}" install -r "$root/requirements-onnxruntime.txt"
-"${pip[@]}" install --no-deps "$root"
+bin="$work/venv/bin"
+install=("$bin/python" -m pip --quiet --disable-pip-version-check install --no-warn-conflicts)
+site="$("$bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
-if "$work/venv/bin/python" -c "import torch" 2>/dev/null; then
-    echo "error: torch is installed in the fresh environment" >&2
-    exit 1
-fi
-translation="$(cd "$work" && echo "Ein Hund läuft im Park." \
-    | "$work/venv/bin/seq2seq" translate --model "$work/model")"
-if [[ -z "$translation" ]]; then
-    echo "error: no translation" >&2
-    exit 1
-fi
-echo "translated without torch: $translation"
-site="$("$work/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-echo "installed size (du -sh of site-packages): $(du -sh "$site" | cut -f1)"
+check() {  # what: a translation that is not empty, and no torch
+    if "$bin/python" -c "import torch" 2>/dev/null; then
+        echo "error: torch is installed in the fresh environment" >&2
+        exit 1
+    fi
+    if [[ -z "$2" ]]; then
+        echo "error: $1: no translation" >&2
+        exit 1
+    fi
+    echo "$1, without torch: $2 (site-packages: $(du -sh "$site" | cut -f1))"
+}
+
+"${install[@]}" -r requirements-onnxruntime.txt
+"${install[@]}" --no-deps .
+check "subword model" "$(echo "$sentence" | "$bin/seq2seq" translate --model "$work/subword")"
+
+"${install[@]}" -r requirements-onnxruntime-words.txt
+check "toy word model" "$(echo "$sentence" | "$bin/seq2seq" translate --model "$work/words")"
+"$bin/seq2seq" evaluate --model "$work/words" --src data/toy/test.de --ref data/toy/test.en \
+    | grep "^BLEU"

@@ -49,7 +49,7 @@ def exported(model: Path, work: Path) -> Path:
     """A model folder with ONNX graphs: `model` itself, or its export into `work`."""
     if onnx_folder(model) is not None:
         return model
-    folder = work / model.stem
+    folder = Path(tempfile.mkdtemp(dir=work)) / model.stem
     export(model, folder, "float32", onnx=True)
     return folder
 
@@ -131,9 +131,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
-        folders = {
-            name: exported(getattr(args, name), Path(work)) for name in ("cli_model", "model")
-        }
+        made: dict[Path, Path] = {}  # each model exported once
+        for path in {args.cli_model.resolve(), args.model.resolve()}:
+            made[path] = exported(path, Path(work))
+        folders = {name: made[getattr(args, name).resolve()] for name in ("cli_model", "model")}
         onnx = OnnxTranslator.from_folder(folders["model"])
         torch_translator = Translator.from_checkpoint(folders["model"], "cpu")
         lines = read_split(onnx.config.data, onnx.config.data.test, args.data)[0]

@@ -92,6 +92,8 @@ class DataConfig(Section):
     @classmethod
     def _spacy_knows_language(cls, lang: str) -> str:
         check_spacy_name(lang, "language")  # before anything imports a module named by it
+        if importlib.util.find_spec("spacy") is None:
+            return lang  # the torch-free install, for subword models: nothing to ask
         if not (spacy_has_language_folder(lang) or spacy_finds_language(lang)):
             raise ValueError(f"spaCy has no language {lang!r}")
         return lang

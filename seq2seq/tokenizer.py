@@ -279,7 +279,13 @@ def _load_spacy(lang: str, pipeline: str | None) -> tuple[spacy.language.Languag
     check_spacy_name(lang, "language")
     if pipeline is not None:
         check_spacy_name(pipeline, "pipeline")
-    import spacy
+    try:
+        import spacy
+    except ModuleNotFoundError:  # the torch-free install of the onnxruntime path
+        raise UserError(
+            "spaCy is not installed, and words are tokenized with it: "
+            "pip install -r requirements-onnxruntime-words.txt"
+        ) from None
 
     named = pipeline is not None and not pipeline.startswith(BLANK_PREFIX)
     if named and spacy.util.is_package(pipeline):

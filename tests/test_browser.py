@@ -7,7 +7,7 @@ docs/serve_page.png, serve_page_dark.png and serve_page_narrow.png are copies of
 screenshots these tests save in their tmp folders:
 
     pytest tests/test_browser.py --basetemp=/tmp/page -k screenshot
-    cp /tmp/page/*/serve_page*.png docs/
+    cp /tmp/page/*current/serve_page*.png docs/
 """
 
 from __future__ import annotations

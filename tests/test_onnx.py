@@ -242,3 +242,16 @@ def test_the_server_answers_from_the_graphs(toy_folder: Path) -> None:
         assert [c["translation"] for c in result["nbest"]] == [c.text for c in candidates]
         weights = np.array(result["attention"]["weights"])
         assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_the_torch_free_requirements_are_the_packages_own() -> None:
+    """requirements-onnxruntime*.txt: torch-free, and each line exactly as pyproject.toml
+    asks for it (its dependencies or the onnx extra), so the two cannot drift apart."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {*project["dependencies"], *project["optional-dependencies"]["onnx"]}
+    for name in ("requirements-onnxruntime.txt", "requirements-onnxruntime-words.txt"):
+        lines = (ROOT / name).read_text(encoding="utf-8").splitlines()
+        wanted = [line for line in lines if line and not line.startswith(("#", "-r "))]
+        assert wanted and set(wanted) <= declared, name
+        assert not any(line.startswith(("torch", "matplotlib")) for line in wanted)
