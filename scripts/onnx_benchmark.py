@@ -140,10 +140,10 @@ def main() -> None:
         lines = read_split(onnx.config.data, onnx.config.data.test, args.data)[0]
         print(f"torch {torch.__version__} ({args.threads} threads), {folders['model'].name}")
         print("one sentence through the CLI (wall time, median of a fresh process each):")
-        for name in ("cli_model", "model"):
+        for folder in made.values():
             for runtime in ("onnxruntime", "torch"):
-                seconds = cli_seconds(folders[name], runtime, args.repeats)
-                print(f"  {folders[name].name:28s} {runtime:12s} {seconds:6.2f} s")
+                seconds = cli_seconds(folder, runtime, args.repeats)
+                print(f"  {folder.name:28s} {runtime:12s} {seconds:6.2f} s")
         print(f"translation of {args.sentences} test sentences (median of {args.repeats}):")
         for what, rate, compared in speed_rows(
             onnx, torch_translator, lines[: args.sentences], args.repeats
