@@ -6,9 +6,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from sacrebleu.metrics import BLEU, CHRF
-
+from seq2seq.errors import UserError
 from seq2seq.tokenizer import Tokenizer
+
+try:
+    from sacrebleu.metrics import BLEU, CHRF
+except ModuleNotFoundError:  # the torch-free install of the onnxruntime path leaves it out
+    raise UserError(
+        "scoring needs sacreBLEU, which is not installed: "
+        "pip install -r requirements-onnxruntime-words.txt"
+    ) from None
 
 
 @dataclass

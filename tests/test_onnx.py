@@ -162,6 +162,29 @@ def test_translate_runs_without_torch(shipped_folder: Path) -> None:
     assert err.strip().splitlines()[-1] == "[]", "torch was imported"
 
 
+
+def test_evaluate_without_sacrebleu_is_one_line(shipped_folder: Path, tmp_path: Path) -> None:
+    """The torch-free install leaves sacreBLEU out: scoring says what to install."""
+    text = tmp_path / "one.txt"
+    text.write_text("Ein Hund.\n", encoding="utf-8")
+    program = (
+        "import sys\n"
+        "sys.modules.update(sacrebleu=None)  # not installed\n"
+        "from seq2seq.cli import main\n"
+        f"sys.argv = ['seq2seq', 'evaluate', '--model', {str(shipped_folder)!r},"
+        f" '--src', {str(text)!r}, '--ref', {str(text)!r}]\n"
+        "main()\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, cwd=ROOT, timeout=120
+    )
+    err = completed.stderr.decode()
+    assert completed.returncode == 2, err
+    assert err.splitlines() == [
+        "error: scoring needs sacreBLEU, which is not installed: "
+        "pip install -r requirements-onnxruntime-words.txt"
+    ]
+
 def test_int8_agrees_with_fp32(shipped_folder: Path) -> None:
     """int8 graphs: the fp32 translation for at least 90% of the sentences (110 of 112
     when they were written), on the shipped model."""
