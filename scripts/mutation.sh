@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-core=(search loss attention encoder decoder model ensemble optimization validation resume
+core=(search loss attention encoder decoder model ensemble optimization validation run
       data metrics tokenizer batching)
 modules=("$@")
 [[ ${#modules[@]} -gt 0 ]] || modules=("${core[@]}")

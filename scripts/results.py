@@ -20,8 +20,7 @@ import torch
 from seq2seq.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint, saved_config
 from seq2seq.corpus import read_split
 from seq2seq.evaluation import evaluate
-from seq2seq.run_folder import RunFolder
-from seq2seq.runlog import read_metrics
+from seq2seq.run import RunFolder, read_metrics
 from seq2seq.translator import Translator
 
 

@@ -1,6 +1,6 @@
 """Self-contained checkpoints: weights, resolved config, vocabularies, tokenizer names,
-training state when training, and a format version. This is the only module that knows
-the payload's keys; the rest of the package sees a `Bundle` (config, model, both sides).
+and a format version. This is the only module that knows the payload's keys (last.pt's
+training state is run.py's); the rest of the package sees a `Bundle` (config, model, sides).
 
 A checkpoint holds only tensors, numbers, strings, lists and dicts, and is always
 opened with `torch.load(weights_only=True)`: opening one can never run code. What a
@@ -13,7 +13,7 @@ Saves are atomic: temporary file in the same folder, flush, fsync, rename.
 
 Payload: format, format_version, config (Config.model_dump()), vocab {src, trg: itos},
 tokenizer (tokenizer_state), model (state_dict), step, validation, and in last.pt
-training {optimizer, scheduler, scaler, progress, rng}; an average adds averaged_from.
+training (run.py); an average adds averaged_from.
 A model folder or Hub id (model_folder.py: safetensors and JSON) gives the same payload,
 without training state, and passes the same checks.
 """
@@ -216,13 +216,10 @@ class Bundle:
     trg: TextSide
 
     def payload(
-        self,
-        step: int | None = None,
-        validation: dict[str, Any] | None = None,
-        training: dict[str, Any] | None = None,
+        self, step: int | None = None, validation: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """The checkpoint payload; `training` (optimizer, progress...) only in last.pt."""
-        payload = {
+        """The checkpoint payload (last.pt adds its training state: run.py)."""
+        return {
             "config": self.config.model_dump(),
             "vocab": {"src": self.src.vocab.itos, "trg": self.trg.vocab.itos},
             "tokenizer": tokenizer_state(self.src.tokenizer, self.trg.tokenizer),
@@ -230,7 +227,6 @@ class Bundle:
             "step": step,
             "validation": validation,
         }
-        return {**payload, "training": training} if training is not None else payload
 
 
 def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
@@ -353,8 +349,3 @@ def _payload(model: SavedModel) -> dict[str, Any]:
         "step": model.step,
         "validation": model.validation,
     }
-
-
-def saved_training(payload: dict[str, Any]) -> dict[str, Any] | None:
-    """last.pt's optimizer, scheduler, scaler, progress and RNG streams (None elsewhere)."""
-    return payload.get("training") or None

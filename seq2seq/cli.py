@@ -21,7 +21,7 @@ from typer.core import TyperArgument, TyperCommand
 
 from seq2seq import console, versions
 from seq2seq.allocator import tune_malloc
-from seq2seq.config import DecodePrecision, Device, Runtime, SettingError
+from seq2seq.config import CALL_NAMES, DecodePrecision, Device, Runtime, ServeLimits, SettingError
 from seq2seq.errors import Terminated, UserError, raise_terminated, to_stderr
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ def plot(
     RUN_NAME-curves.png in the current folder."""
     from seq2seq import textio
     from seq2seq.plots import plot_run
-    from seq2seq.run_folder import RunFolder
+    from seq2seq.run import RunFolder
 
     folder = RunFolder(run_dir)
     textio.check_output(output, [folder.metrics])
@@ -291,7 +291,7 @@ def average(
     other checkpoint."""
     from seq2seq import textio
     from seq2seq.checkpoint import average_checkpoints, save_checkpoint
-    from seq2seq.run_folder import RunFolder
+    from seq2seq.run import RunFolder
     from seq2seq.textio import is_standard
 
     if is_standard(output):
@@ -314,7 +314,7 @@ def _checkpoints_of(source: Path) -> list[Path]:
     folder in the cache (the same-file check compares paths), or the path itself."""
     from seq2seq.hub import is_hub_id, local_folder
     from seq2seq.model_folder import CONFIG
-    from seq2seq.run_folder import RunFolder
+    from seq2seq.run import RunFolder
 
     if is_hub_id(source):
         return [local_folder(source)]
@@ -478,8 +478,7 @@ def _translator(
     except SettingError as error:  # name the option typed, not the config key
         if options.get(error.key) is None:
             raise
-        flag = "--beam" if error.key == "beam_size" else f"--{error.key.replace('_', '-')}"
-        raise UserError(f"{flag}: {error.reason}") from None
+        raise UserError(f"{CALL_NAMES[error.key].option}: {error.reason}") from None
     sizes = f"vocabularies {len(translator.src.vocab)} / {len(translator.trg.vocab)}"
     where = f"{translator.runtime} on {translator.device}"
     console.detail(f"models: {', '.join(map(str, models))}; {sizes}; {where}")
@@ -638,6 +637,12 @@ def _evaluation_text(
     return lines, references
 
 
+def _limit(name: str, metavar: str = "N") -> Any:
+    """The `serve` option that sets ServeLimits' field `name`, with its default and help."""
+    field = ServeLimits.model_fields[name]
+    return typer.Option(field.default, metavar=metavar, help=field.description)
+
+
 @command("seq2seq serve --model models/multi30k-de-en-small --port 8000")
 def serve(
     model: ModelOption,
@@ -646,30 +651,16 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, _option("PORT", "Port; 0 picks a free one (printed).")] = 8000,
     device: DeviceOption = "auto",
-    max_batch: Annotated[int, _option("N", "Most sentences in one decoder batch.", min=1)] = 64,
-    max_wait_ms: Annotated[
-        float, _option("MS", "How long a request waits for others to batch with.", min=0.0)
-    ] = 5.0,
-    max_chars: Annotated[int, _option("N", "Most characters in one text.", min=1)] = 2000,
-    max_texts: Annotated[int, _option("N", "Most texts in one request.", min=1)] = 64,
-    max_beam: Annotated[int, _option("N", "Largest beam a request may ask for.", min=1)] = 10,
-    max_nbest: Annotated[int, _option("N", "Largest nbest a request may ask for.", min=1)] = 10,
-    max_translations: Annotated[
-        int, _option("N", "Most translations (texts x nbest) in one answer.", min=1)
-    ] = 256,
-    max_attention: Annotated[
-        int, _option("N", "Most translations in one answer with attention.", min=1)
-    ] = 10,
-    request_timeout: Annotated[
-        float,
-        _option(
-            "SECONDS", "Seconds a client has to send a request's headers, then its body.", min=0.1
-        ),
-    ] = 10.0,
-    grace: Annotated[
-        float,
-        _option("SECONDS", "Seconds the requests in flight have to finish after SIGTERM.", min=0.0),
-    ] = 10.0,
+    max_batch: int = _limit("max_batch"),
+    max_wait_ms: float = _limit("max_wait_ms", "MS"),
+    max_chars: int = _limit("max_chars"),
+    max_texts: int = _limit("max_texts"),
+    max_beam: int = _limit("max_beam"),
+    max_nbest: int = _limit("max_nbest"),
+    max_translations: int = _limit("max_translations"),
+    max_attention: int = _limit("max_attention"),
+    request_timeout: float = _limit("request_timeout", "SECONDS"),
+    grace: float = _limit("grace", "SECONDS"),
     precision: PrecisionOption = None,
     runtime: RuntimeOption = "auto",
 ) -> None:
@@ -678,20 +669,26 @@ def serve(
     POST /translate, GET /health, GET /info. Concurrent requests are decoded together in
     batches; SIGTERM or Ctrl-C stops the server once the requests in flight are answered,
     or --grace seconds have passed."""
-    from seq2seq.serve import Limits, run
+    from pydantic import ValidationError
 
-    limits = Limits(
-        max_chars=max_chars,
-        max_texts=max_texts,
-        max_beam=max_beam,
-        max_nbest=max_nbest,
-        max_translations=max_translations,
-        max_attention=max_attention,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        request_timeout=request_timeout,
-        grace=grace,
-    )
+    from seq2seq.serve import run
+
+    try:
+        limits = ServeLimits(
+            max_chars=max_chars,
+            max_texts=max_texts,
+            max_beam=max_beam,
+            max_nbest=max_nbest,
+            max_translations=max_translations,
+            max_attention=max_attention,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            request_timeout=request_timeout,
+            grace=grace,
+        )
+    except ValidationError as error:  # name the option typed: --max-chars for max_chars
+        first = error.errors()[0]
+        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     run(model, host, port, device, limits, precision, runtime)
 
 

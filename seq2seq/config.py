@@ -11,7 +11,7 @@ import difflib
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -337,6 +337,61 @@ class SettingError(UserError):
     def __init__(self, key: str, reason: str):
         super().__init__(f"decode.{key}: {reason}")
         self.key, self.reason = key, reason
+
+
+class CallNames(NamedTuple):
+    """What users type to set a decoding setting for one call: the command-line option
+    (of translate, evaluate or serve) and the field of a POST /translate request, if any."""
+
+    option: str
+    field: str | None = None
+
+
+# The decoding settings that one call may set, by key; the others are the model's. The
+# names are not the keys (beam_size, --beam, beam) and stay as they are: scripts and
+# clients type them. docs/configuration.md's table of them is checked against this.
+CALL_NAMES = {
+    "beam_size": CallNames("--beam", "beam"),
+    "alpha": CallNames("--alpha", "alpha"),
+    "nbest": CallNames("--nbest", "nbest"),
+    "replace_unk": CallNames("--replace-unk"),
+    "batch_size": CallNames("--batch-size"),
+    "precision": CallNames("--precision"),
+}
+
+
+class ServeLimits(Section):
+    """What `seq2seq serve` lets a client ask for; each field is the option of its name
+    (`max_chars`: --max-chars), whose help is the field's description."""
+
+    max_chars: int = Field(2000, ge=1, description="Most characters in one text.")
+    max_texts: int = Field(64, ge=1, description="Most texts in one request.")
+    max_beam: int = Field(10, ge=1, description="Largest beam a request may ask for.")
+    max_nbest: int = Field(10, ge=1, description="Largest nbest a request may ask for.")
+    # An answer's size grows with its translations (texts x nbest), with attention by up to
+    # (max_source_length + 2) x (longest output + 1) weights per translation.
+    max_translations: int = Field(
+        256, ge=1, description="Most translations (texts x nbest) in one answer."
+    )
+    max_attention: int = Field(
+        10, ge=1, description="Most translations in one answer with attention."
+    )
+    max_batch: int = Field(64, ge=1, description="Most sentences in one decoder batch.")
+    max_wait_ms: float = Field(
+        5.0, ge=0.0, description="How long a request waits for others to batch with."
+    )
+    # Counted from connecting, or from the last answer on a kept-alive connection.
+    request_timeout: float = Field(
+        10.0, ge=0.1, description="Seconds a client has to send a request's headers, then its body."
+    )
+    grace: float = Field(
+        10.0, ge=0.0, description="Seconds the requests in flight have to finish after SIGTERM."
+    )
+
+    def max_body(self) -> int:
+        """Bytes a request body may have: every text at its longest, each character
+        written as a 6-byte JSON escape, plus room for the other fields."""
+        return self.max_texts * (6 * self.max_chars + 8) + 4096
 
 
 class Config(Section):

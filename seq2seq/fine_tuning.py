@@ -10,7 +10,7 @@ from typing import Any
 from seq2seq.checkpoint import load_bundle
 from seq2seq.config import Config, config_from_dict
 from seq2seq.errors import UserError
-from seq2seq.resume import flatten
+from seq2seq.run import flatten
 
 # The settings that make the model's shape or its text side: a run started from a model
 # has the model's (dropout, data and training settings stay the run's own).

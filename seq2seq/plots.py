@@ -6,8 +6,7 @@ from pathlib import Path
 
 from seq2seq.errors import UserError
 from seq2seq.files import write_atomic
-from seq2seq.run_folder import RunFolder
-from seq2seq.runlog import read_metrics
+from seq2seq.run import RunFolder, read_metrics
 from seq2seq.translation import Translation
 
 

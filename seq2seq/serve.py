@@ -20,12 +20,10 @@ import logging
 import os
 import re
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 import numpy
@@ -39,41 +37,21 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from seq2seq import console
+from seq2seq import __version__, console, versions
 from seq2seq.batching import Batcher
-from seq2seq.config import DecodeConfig, DecodePrecision, Runtime, SettingError
+from seq2seq.config import (
+    CALL_NAMES,
+    DecodeConfig,
+    DecodePrecision,
+    Runtime,
+    ServeLimits,
+    SettingError,
+)
 from seq2seq.errors import UserError, to_stderr
 from seq2seq.textio import finite, translation_record
 from seq2seq.translation import TextTranslator, Translation, open_translator
 
 log = logging.getLogger("seq2seq.serve")
-
-# The request fields that set each decoding setting.
-SETTING_FIELDS = {"beam_size": "beam", "nbest": "nbest", "alpha": "alpha"}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_chars: int = 2000  # characters per text
-    max_texts: int = 64  # texts per request
-    max_beam: int = 10
-    max_nbest: int = 10
-    # Translations (texts x nbest) per request, and per request that asks for attention:
-    # an answer's size grows with them, with attention by up to (max_source_length + 2)
-    # x (longest output + 1) weights per translation.
-    max_translations: int = 256
-    max_attention: int = 10
-    max_batch: int = 64  # sentences per decoder batch
-    max_wait_ms: float = 5.0  # how long a request waits for others to share its batch
-    # Seconds a client has to send a request's headers (from connecting, or from its last
-    # answer on a kept-alive connection), and then its body.
-    request_timeout: float = 10.0
-    grace: float = 10.0  # seconds the requests in flight have to finish after SIGTERM
-
-    def max_body(self) -> int:
-        """Bytes a request body may have: every text at its longest, each character
-        written as a 6-byte JSON escape, plus room for the other fields."""
-        return self.max_texts * (6 * self.max_chars + 8) + 4096
 
 
 class TranslateRequest(BaseModel):
@@ -130,7 +108,7 @@ class RequestError(Exception):
 
 
 def serving_defaults(
-    translator: TextTranslator, limits: Limits, precision: DecodePrecision | None
+    translator: TextTranslator, limits: ServeLimits, precision: DecodePrecision | None
 ) -> DecodeConfig:
     """The settings of a request that sets none; refused at start if over the limits.
     The models are prepared for them and warmed up now, not in the first requests."""
@@ -150,7 +128,7 @@ def serving_defaults(
 
 def create_app(
     translator: TextTranslator,
-    limits: Limits = Limits(),
+    limits: ServeLimits,
     members: Sequence[str] = (),
     precision: DecodePrecision | None = None,
 ) -> FastAPI:
@@ -169,7 +147,7 @@ def create_app(
     # server should not make its visitors fetch; /openapi.json describes the API.
     app = FastAPI(
         title="seq2seq",
-        version=_version("seq2seq"),
+        version=__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -216,7 +194,7 @@ def create_app(
     return app
 
 
-def request_texts(body: TranslateRequest, limits: Limits) -> list[str]:
+def request_texts(body: TranslateRequest, limits: ServeLimits) -> list[str]:
     """The texts to translate, each checked against the limits."""
     if (body.text is None) == (body.texts is None):
         raise RequestError("give either text (one sentence) or texts (a list)", "text")
@@ -237,13 +215,16 @@ def request_texts(body: TranslateRequest, limits: Limits) -> list[str]:
     return texts
 
 
-def request_decode(defaults: DecodeConfig, body: TranslateRequest, limits: Limits) -> DecodeConfig:
+def request_decode(
+    defaults: DecodeConfig, body: TranslateRequest, limits: ServeLimits
+) -> DecodeConfig:
     """The request's decoding settings, validated by DecodeConfig and within the limits;
     errors speak of the request's fields (`beam`), not of config keys or CLI options."""
+    asked = {key: getattr(body, name.field) for key, name in CALL_NAMES.items() if name.field}
     try:
-        decode = defaults.updated(beam_size=body.beam, nbest=body.nbest, alpha=body.alpha)
+        decode = defaults.updated(**asked)
     except SettingError as error:
-        field = SETTING_FIELDS.get(error.key)
+        field = CALL_NAMES[error.key].field if error.key in CALL_NAMES else None
         raise RequestError(f"{field}: {error.reason}" if field else str(error), field) from None
     for field, value, limit in (
         ("beam", decode.beam_size, limits.max_beam),
@@ -254,7 +235,7 @@ def request_decode(defaults: DecodeConfig, body: TranslateRequest, limits: Limit
     return decode
 
 
-def check_answer_size(texts: int, nbest: int, attention: bool, limits: Limits) -> None:
+def check_answer_size(texts: int, nbest: int, attention: bool, limits: ServeLimits) -> None:
     """Refuses, before decoding, a request whose answer would be too large: it holds
     texts x nbest translations, and with attention a matrix of weights for each."""
     translations = texts * nbest
@@ -286,9 +267,11 @@ def candidate(translation: Translation, attention: bool) -> dict[str, object]:
 
 
 def model_info(
-    translator: TextTranslator, decode: DecodeConfig, limits: Limits, members: Sequence[str]
+    translator: TextTranslator, decode: DecodeConfig, limits: ServeLimits, members: Sequence[str]
 ) -> dict[str, object]:
     """GET /info: what the server translates with, and its limits."""
+    found = versions(translator.runtime, "fastapi", "uvicorn")
+    python = found.pop("python")
     models = [
         {"checkpoint": members[i] if i < len(members) else None, **member}
         for i, member in enumerate(translator.members())
@@ -304,21 +287,12 @@ def model_info(
         "parameters": sum(member["parameters"] for member in models),
         "vocabulary": {"source": len(translator.src.vocab), "target": len(translator.trg.vocab)},
         "decode": decode.model_dump(),
-        "limits": asdict(limits),
+        "limits": limits.model_dump(),
         "device": str(translator.device),
         "runtime": translator.runtime,  # torch or onnxruntime
-        "versions": {
-            name: _version(name) for name in ("seq2seq", translator.runtime, "fastapi", "uvicorn")
-        },
-        "python": sys.version.split()[0],
+        "versions": found,  # seq2seq, the runtime, fastapi, uvicorn
+        "python": python,
     }
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def error_response(status: int, message: str, field: str | None) -> JSONResponse:
@@ -374,7 +348,7 @@ class RequestGuard:
     costs a task and a stream per request, and the event loop shares the CPU with the
     decoder."""
 
-    def __init__(self, app: ASGIApp, limits: Limits):
+    def __init__(self, app: ASGIApp, limits: ServeLimits):
         self.app, self.limits = app, limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -410,7 +384,7 @@ class RequestGuard:
             log.info("%s %d%s%s %.1fms", where, status, texts, batch, milliseconds)
 
 
-async def read_body(scope: Scope, receive: Receive, limits: Limits) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limits: ServeLimits) -> bytes:
     """The request's body; RequestError 413 once it is over `limits.max_body()` bytes,
     announced or as it arrives (a chunked body announces no length), 408 if it has not
     all arrived within `limits.request_timeout` seconds."""
@@ -516,7 +490,7 @@ def run(
     host: str,
     port: int,
     device: str,
-    limits: Limits,
+    limits: ServeLimits,
     precision: DecodePrecision | None = None,
     runtime: Runtime = "auto",
 ) -> None:
@@ -539,7 +513,7 @@ def run(
         uvicorn.Server(server_config(app, limits)).run(sockets=[sock])
 
 
-def server_config(app: FastAPI, limits: Limits) -> uvicorn.Config:
+def server_config(app: FastAPI, limits: ServeLimits) -> uvicorn.Config:
     """How uvicorn serves `app`: the request log is the app's own (RequestGuard), and no
     client holds a connection or the shutdown beyond the time limits."""
     return uvicorn.Config(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from seq2seq.corpus import STDIN, iter_lines, name, stdin, stdin_lines
 from seq2seq.errors import UserError
 from seq2seq.files import replaced_when_done, same_file
-from seq2seq.run_folder import check_not_run_file
+from seq2seq.run import check_not_run_file
 from seq2seq.translation import Translation
 
 if TYPE_CHECKING:

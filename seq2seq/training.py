@@ -4,7 +4,7 @@
   gradient accumulation, learning-rate schedules, early stopping (optimization.py,
   validation.py).
 - `last.pt` every `save_every` steps and at every epoch end, `best.pt` by the validation
-  metric, optionally the k best as `ckpt-step{N}.pt`; all saves atomic (run_folder.py).
+  metric, optionally the k best as `ckpt-step{N}.pt`; all saves atomic (run.py).
 - Exact resume: a training checkpoint holds the weights, optimizer, scheduler, every RNG
   state and the position inside the epoch (each epoch's batch order is a function of
   seed and epoch), so an interrupted run resumes into the same result bit for bit (CPU).
@@ -42,7 +42,6 @@ from seq2seq import console, distributed
 from seq2seq.checkpoint import (
     Bundle,
     load_checkpoint,
-    save_checkpoint,
     saved_config,
     saved_tokenizers,
     saved_vocabularies,
@@ -59,17 +58,20 @@ from seq2seq.fine_tuning import start_from_model, with_model_settings
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import Optimization
 from seq2seq.plots import plot_run
-from seq2seq.resume import (
+from seq2seq.run import (
     RESEEDED,
     RESTARTS_EPOCH,
+    MetricsLog,
+    RunFolder,
+    TrainingState,
     config_changes,
     describe_changes,
+    environment,
     get_rng_state,
     restore_rng,
     restore_training,
+    save_last,
 )
-from seq2seq.run_folder import RunFolder
-from seq2seq.runlog import MetricsLog, environment
 from seq2seq.text import ParallelIds, TextSide, training_sides
 from seq2seq.translator import Translator, resolve_device
 from seq2seq.validation import ValidationTracker
@@ -453,28 +455,24 @@ class Trainer:
         return payload
 
     def _restore(self, payload: dict[str, Any]) -> None:
+        """Weights, optimizer, progress, validation history and random streams of last.pt."""
         changes = self.changes
-        state = restore_training(payload, changes, self.bundle, self.optimization, self.folder.last)
-        self._restore_progress(state, restart_epoch=bool(changes.keys() & RESTARTS_EPOCH))
-        if self.metrics is not None:
-            self.metrics.truncate_after(self.progress.step)
-            save_config(self.config, self.folder.config)
-        where = f"epoch {self.progress.epoch}, step {self.progress.step}"
-        self._log(f"resuming {self.folder.path} at {where}{describe_changes(changes)}")
-
-    def _restore_progress(self, state: dict[str, Any], restart_epoch: bool) -> None:
-        """Progress, validation history and random streams of a training checkpoint."""
-        record = state["progress"]  # Progress's fields and the tracker's state
-        self.progress = progress = Progress.from_record(record)
-        self.tracker.load_state_dict(record)
-        if restart_epoch:  # other batches: this epoch's position means nothing in them
+        saved = restore_training(payload, changes, self.bundle, self.optimization, self.folder.last)
+        self.progress = progress = Progress.from_record(saved.progress)
+        self.tracker.load_state_dict(saved.tracker)
+        if changes.keys() & RESTARTS_EPOCH:  # other batches: the epoch's position means nothing
             progress.restart_epoch()
             self._log(f"new batch size: epoch {progress.epoch} restarts from its first batch")
         # A finished run continues when the config now allows more epochs, steps or time.
         progress.finished = bool(self._limits_reached())
         reseed = self.config.seed + 1000 * progress.step
-        if not restore_rng(state["rng"], self.context, reseed):
+        if not restore_rng(saved.rng, self.context, reseed):
             self._log(f"{self.folder.last}: {RESEEDED}")
+        if self.metrics is not None:
+            self.metrics.truncate_after(progress.step)
+            save_config(self.config, self.folder.config)
+        where = f"epoch {progress.epoch}, step {progress.step}"
+        self._log(f"resuming {self.folder.path} at {where}{describe_changes(changes)}")
 
     def run(self) -> Path:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -657,11 +655,6 @@ class Trainer:
             raise Diverged(diverged(f"step {self.progress.step}", self.folder))
         streams = distributed.gather_to_main(get_rng_state(), self.context)
         if self.context.is_main:
-            training = {
-                **self.optimization.state_dict(),
-                "progress": {**asdict(self.progress), **self.tracker.state_dict()},
-                "rng": streams,
-            }
-            payload = self.bundle.payload(self.progress.step, training=training)
-            save_checkpoint(payload, self.folder.last)
+            state = TrainingState(asdict(self.progress), self.tracker.state_dict(), streams)
+            save_last(self.folder.last, self.bundle, self.optimization, state)
             console.detail(f"saved {self.folder.last.name} at step {self.progress.step}")

@@ -10,8 +10,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from seq2seq.run_folder import rank_kept
-
 
 @dataclass
 class Verdict:
@@ -20,6 +18,16 @@ class Verdict:
     stop: bool  # patience exhausted
     keep: bool  # keep this validation's checkpoint
     dropped: list[int]  # steps whose kept checkpoints to delete
+
+
+def rank_kept(
+    kept: list[list[float]], score: float, step: int, k: int
+) -> tuple[list[list[float]], bool, list[int]]:
+    """The k best validations as [[signed score, step], ...], best first (the later step
+    first among equal scores) -> (the new list, is this validation kept?, steps to delete)."""
+    entry = [score, step]
+    ranked = sorted([*kept, entry], key=lambda e: (-e[0], -e[1]))
+    return ranked[:k], entry in ranked[:k], [int(old) for _, old in ranked[k:]]
 
 
 @dataclass

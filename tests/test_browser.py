@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from seq2seq.serve import Limits, create_app, listen
+from seq2seq.serve import ServeLimits, create_app, listen
 from seq2seq.translator import Translator
 
 CHROMIUM = next(
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(
 SENTENCE = "Drei Frauen laufen auf der Straße."
 OTHER = "Ein Hund isst im Park."
 MODEL = ROOT / "models" / "multi30k-de-en-small"
-LIMITS = Limits()
+LIMITS = ServeLimits()
 
 
 @contextmanager

@@ -417,6 +417,26 @@ def test_user_mistake_is_one_line_and_status_2(
     assert toy_checkpoint.read_bytes() == best
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        ("translate", "--beam", "65"),  # decode.beam_size
+        ("translate", "--nbest", "65"),
+        ("evaluate", "--alpha", "11"),
+        ("evaluate", "--batch-size", "5000"),
+    ],
+)
+def test_a_decoding_setting_out_of_range_names_the_option_typed(
+    command: str, option: str, value: str, toy_checkpoint: Path, cli
+) -> None:
+    """Past Click's checks, DecodeConfig refuses the value: the error names the option."""
+    sources = ["--src", TOY_DATA / "test.de", "--ref", TOY_DATA / "test.en"]
+    text = sources if command == "evaluate" else []
+    code, out, err = cli(command, "-m", toy_checkpoint, option, value, *text, input=b"Ein Hund.\n")
+    check_mistake(code, err, [f"error: {option}: Input should be less than or equal to "])
+    assert out == ""
+
+
 def test_user_mistake_in_a_real_process(tmp_path: Path, toy_checkpoint: Path) -> None:
     """The same through the interpreter: nothing else (torch's warnings...) reaches stderr."""
     args, stdin, expected = foreign_checkpoint(tmp_path, toy_checkpoint)

@@ -1,6 +1,7 @@
 """The documentation stays true to the repository: links lead somewhere, the README stays
-short, nothing points outside the repository, and docs/configuration.md lists exactly
-the keys of the typed config with their defaults."""
+short, nothing points outside the repository, docs/configuration.md lists exactly
+the keys of the typed config with their defaults and the names a call sets them by, and
+docs/serve.md gives the server's limits their defaults."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from seq2seq.config import Config
+from seq2seq.config import CALL_NAMES, Config, DecodeConfig, ServeLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -134,3 +135,46 @@ def test_every_key_named_in_the_configuration_page_exists():
     }
     unknown = sorted(k for k in named if KEY.match(k) and k not in keys)
     assert not unknown, f"docs/configuration.md names keys the config does not have: {unknown}"
+
+
+def call_names_rows() -> list[list[str]]:
+    """docs/configuration.md's table of the names a call sets decoding settings by, built
+    from the code: CALL_NAMES, the commands that take each option, the request's fields."""
+    import typer.main
+
+    from seq2seq.cli import app
+    from seq2seq.serve import TranslateRequest
+
+    commands = typer.main.get_command(app).commands
+    fields = set(TranslateRequest.model_fields) - {"text", "texts", "attention"}
+    named = {names.field for names in CALL_NAMES.values() if names.field}
+    assert named == fields, "a request field sets a decoding setting that CALL_NAMES lacks"
+    rows = []
+    for key, names in CALL_NAMES.items():
+        assert key in DecodeConfig.model_fields, key
+        taking = [
+            name
+            for name, command in commands.items()
+            if any(names.option in param.opts for param in command.params)
+        ]
+        assert taking, f"no command takes {names.option}"
+        field = f"`{names.field}`" if names.field else "—"
+        rows.append([f"`{key}`", f"`{names.option}`", ", ".join(taking), field])
+    return rows
+
+
+def test_the_names_of_each_decoding_setting_are_documented_as_the_code_has_them():
+    lines = CONFIGURATION.read_text(encoding="utf-8").splitlines()
+    start = lines.index("| `decode` key | option | commands | request field |") + 2
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    assert table == call_names_rows()
+
+
+def test_the_serve_page_gives_each_limit_its_default():
+    text = " ".join((ROOT / "docs" / "serve.md").read_text(encoding="utf-8").split())
+    for name, field in ServeLimits.model_fields.items():
+        assert f"`--{name.replace('_', '-')}` [{field.default:g}]" in text, name

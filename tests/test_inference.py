@@ -14,7 +14,7 @@ from seq2seq.corpus import read_lines
 from seq2seq.errors import UserError
 from seq2seq.inference import OneDnnLinear, onednn_linear_works, prepared, quantized
 from seq2seq.metrics import score_corpus
-from seq2seq.serve import Limits, create_app
+from seq2seq.serve import ServeLimits, create_app
 from seq2seq.translator import Translator
 
 SOURCES = read_lines(TOY_DATA / "test.de")
@@ -114,7 +114,7 @@ def test_int8_is_refused_off_the_cpu(toy_translator: Translator) -> None:
 
 
 def test_the_server_decodes_at_the_precision_asked(toy_translator: Translator) -> None:
-    with TestClient(create_app(toy_translator, Limits(), ["toy.pt"], "int8")) as client:
+    with TestClient(create_app(toy_translator, ServeLimits(), ["toy.pt"], "int8")) as client:
         assert client.get("/info").json()["decode"]["precision"] == "int8"
         answer = client.post("/translate", json={"texts": SOURCES[:4]}).json()
     # int8 quantizes each call's activations with one scale for the whole batch, so the

@@ -34,6 +34,19 @@ def test_encoder_shapes_and_zero_padding() -> None:
     assert torch.all(state.abs() <= 1)  # tanh
 
 
+def test_a_batch_padded_beyond_its_longest_sentence_encodes_alike() -> None:
+    """The outputs are as wide as the source, [B,S,2H] like the attention mask, also when
+    every sentence is shorter than S."""
+    model = tiny_model()
+    src, lengths = random_batch([5, 3], SV)
+    outputs, state = model.encoder(src, lengths)
+    wider = torch.cat([src, torch.full((2, 2), PAD)], dim=1)  # [2,7]
+    wide_outputs, wide_state = model.encoder(wider, lengths)
+    assert wide_outputs.shape == (2, 7, 2 * H)
+    assert torch.equal(wide_outputs[:, :5], outputs) and not wide_outputs[:, 5:].any()
+    assert torch.equal(wide_state, state)
+
+
 def test_decoder_step_and_model_shapes() -> None:
     model = tiny_model()
     src, lengths = random_batch([6, 2], SV)

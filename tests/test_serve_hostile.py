@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,17 +25,17 @@ import pytest
 import uvicorn
 from load_test import start_server
 
-from seq2seq.config import DecodeConfig
-from seq2seq.serve import Limits, LogFormatter, create_app, listen, server_config
+from seq2seq.config import DecodeConfig, ServeLimits
+from seq2seq.serve import LogFormatter, create_app, listen, server_config
 from seq2seq.translator import Translator
 
 # request_timeout: how long a client has to send its headers, then its body.
-LIMITS = Limits(max_chars=80, max_texts=4, max_beam=6, max_nbest=3, request_timeout=1.0)
+LIMITS = ServeLimits(max_chars=80, max_texts=4, max_beam=6, max_nbest=3, request_timeout=1.0)
 GOOD = {"text": "Ein Hund läuft."}
 
 
 @contextmanager
-def serving(app, limits: Limits) -> Iterator[str]:
+def serving(app, limits: ServeLimits) -> Iterator[str]:
     """`app` served by uvicorn as `seq2seq serve` serves it, in a thread, on a free local
     port -> its base URL."""
     server = uvicorn.Server(server_config(app, limits))
@@ -198,7 +197,7 @@ def test_an_answer_too_large_is_refused_before_decoding(
         return translate_nbest(texts, decode)
 
     monkeypatch.setattr(toy_translator, "translate_nbest", counted)
-    limits = replace(LIMITS, max_translations=6, max_attention=2)
+    limits = LIMITS.model_copy(update={"max_translations": 6, "max_attention": 2})
     with serving(create_app(toy_translator, limits), limits) as base:
         calls.clear()  # the warm-up
         texts = ["Ein Hund.", "Zwei Männer.", "Eine Frau.", "Ein Kind."]

@@ -61,11 +61,11 @@ def test_the_shipped_model_translates_a_sentence():
 def test_the_server_translates_real_text_with_the_shipped_model():
     from fastapi.testclient import TestClient
 
-    from seq2seq.serve import Limits, create_app
+    from seq2seq.serve import ServeLimits, create_app
     from seq2seq.translator import Translator
 
     translator = Translator.from_checkpoint([MODEL], "cpu")
-    with TestClient(create_app(translator, Limits(max_batch=8), [str(MODEL)])) as client:
+    with TestClient(create_app(translator, ServeLimits(max_batch=8), [str(MODEL)])) as client:
         texts = ["Ein Hund läuft im Park.", "Zwei Männer stehen am Strand."]
         answer = client.post("/translate", json={"texts": texts, "beam": 5}).json()
     alone = translator.translate_nbest(texts, translator.decode.updated(beam_size=5))

@@ -729,7 +729,7 @@ def test_the_k_best_checkpoints_are_kept(
             == (values[step - 1])
         )
     signed = [v if metric == "bleu" else -v for v in (values[5], values[3])]
-    assert load_checkpoint(run_dir / "last.pt")["training"]["progress"]["kept"] == [
+    assert load_checkpoint(run_dir / "last.pt")["training"]["tracker"]["kept"] == [
         [signed[0], 6],
         [signed[1], 4],
     ]
