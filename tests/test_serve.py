@@ -180,7 +180,7 @@ def test_a_full_batch_is_decoded_at_once() -> None:
     sent = time.perf_counter()
     run_batcher(Batcher(slow_stand_in(calls, 0.0), 2, 1.0), [(["a"], decode), (["b"], decode)])
     assert [texts for texts, _ in calls] == [["a", "b"]]
-    assert calls[0][1] - sent < 0.5
+    assert calls[0][1] - sent < 0.9  # waiting out max_wait would take 1 s
 
 
 def test_clients_coming_back_after_their_answer_are_waited_for_and_batched_again() -> None:
@@ -193,7 +193,7 @@ def test_a_lone_client_is_not_held_waiting_for_others() -> None:
     calls = []  # its own earlier request is the only one the last batch answered
     (sent,) = closed_loop(Batcher(slow_stand_in(calls, 0.4), 64, 0.01), [0.0])
     assert [texts for texts, _ in calls] == [["c0"], ["c0'"]]
-    assert calls[1][1] - sent < 0.05  # max_wait (0.01), not a quarter of 0.4
+    assert calls[1][1] - sent < 0.09  # max_wait (0.01), not a quarter of 0.4 (0.1)
 
 
 def test_the_wait_for_coming_back_clients_is_a_quarter_of_the_last_decoding_time() -> None:
