@@ -123,14 +123,16 @@ def peak_rss_mb(pid: int) -> float | None:
     return round(int(line.split()[1]) / 1024, 1) if line else None
 
 
-def offline(models: list[Path], sentences: list[str], device: str, precision: str | None) -> dict:
+def offline(
+    models: list[Path], sentences: list[str], device: str, precision: str | None, runtime: str
+) -> dict:
     """The same sentences through Translator.translate in batches of 64 with the server's
     default decoding settings: as `translate` batches a file (sorted by length, so a
     batch's sentences end at about the same step), and 64 at a time in the order sent
     (the mix of lengths a server's batch gets)."""
-    from seq2seq.translator import Translator
+    from seq2seq.translation import open_translator
 
-    translator = Translator.from_checkpoint(models, device)
+    translator = open_translator(models, device, runtime, precision)
     decode = translator.decode.updated(batch_size=64, precision=precision)
     translator.translate(sentences[:64], decode)  # warm-up
     started = time.perf_counter()
@@ -170,6 +172,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--precision", choices=["fp32", "bf16", "int8"], help="the server's and the offline run's"
     )
     parser.add_argument(
+        "--runtime",
+        choices=["auto", "onnxruntime", "torch"],
+        default="auto",
+        help="the server's and the offline run's (a folder exported with --onnx: onnxruntime)",
+    )
+    parser.add_argument(
         "--no-offline", dest="offline", action="store_false", help="skip the offline comparison"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     process, url = None, args.url
     with tempfile.TemporaryDirectory() as folder:
         if args.model:
-            options = ["--device", args.device, *args.serve_option]
+            options = ["--device", args.device, "--runtime", args.runtime, *args.serve_option]
             if args.precision:
                 options += ["--precision", args.precision]
             process, url = start_server(args.model, options, Path(folder) / "server.log")
@@ -206,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"url": url, "runs": runs}
     if args.model and args.offline:
         sent = sentences[: max(run["requests"] for run in runs)]
-        report["offline_batch_64"] = offline(args.model, sent, args.device, args.precision)
+        report["offline_batch_64"] = offline(
+            args.model, sent, args.device, args.precision, args.runtime
+        )
     print(json.dumps(report) if args.json else table(report))
     return report
 
