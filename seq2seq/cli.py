@@ -260,15 +260,15 @@ def plot(
 
     Into RUN_DIR/curves.png; while the run trains (and redraws that file itself), into
     RUN_NAME-curves.png in the current folder."""
-    from seq2seq import textio
+    from seq2seq import corpus
     from seq2seq.plots import plot_run
     from seq2seq.run import RunFolder
 
     folder = RunFolder(run_dir)
-    textio.check_output(output, [folder.metrics])
+    corpus.check_output(output, [folder.metrics])
     if output is None and folder.training():
         output = Path(f"{run_dir.resolve().name}-curves.png")
-    textio.print_result(str(plot_run(run_dir, output)))
+    corpus.print_result(str(plot_run(run_dir, output)))
 
 
 @command("seq2seq average runs/toy --output runs/toy/averaged.pt")
@@ -289,15 +289,14 @@ def average(
 
     The average is self-contained: translate, evaluate, serve and export take it like any
     other checkpoint."""
-    from seq2seq import textio
+    from seq2seq import corpus
     from seq2seq.checkpoint import average_checkpoints, save_checkpoint
     from seq2seq.run import RunFolder
-    from seq2seq.textio import is_standard
 
-    if is_standard(output):
+    if corpus.is_standard(output):
         raise UserError("--output -: a checkpoint is binary and goes to a file, not stdout")
     paths = [path for source in sources for path in _checkpoints_of(source)]
-    textio.check_output(output, paths)
+    corpus.check_output(output, paths)
     RunFolder(Path(os.path.realpath(output)).parent).refuse_while_training(
         "write the average elsewhere"
     )
@@ -379,8 +378,8 @@ def export(
 
     The folder holds config.json, model.safetensors, the tokenizer files and a Hugging Face
     model card (README.md); --model takes it wherever it takes a .pt."""
+    from seq2seq.corpus import is_standard
     from seq2seq.export import export as run_export
-    from seq2seq.textio import is_standard
 
     if is_standard(output):
         raise UserError("--output -: a model folder is a folder, not stdout")
@@ -471,8 +470,14 @@ def _translator(
     from seq2seq.translation import open_translator
 
     translator = open_translator(models, device, runtime, precision)
-    options = {"beam_size": beam, "alpha": alpha, "replace_unk": replace_unk,
-               "batch_size": batch_size, "precision": precision, "nbest": nbest}
+    options = {
+        "beam_size": beam,
+        "alpha": alpha,
+        "replace_unk": replace_unk,
+        "batch_size": batch_size,
+        "precision": precision,
+        "nbest": nbest,
+    }
     try:
         decode = translator.decode.updated(**options)
     except SettingError as error:  # name the option typed, not the config key
@@ -516,26 +521,26 @@ def translate(
 
     Exactly one output line per input line, in order (N lines with --nbest N); reads and
     writes in batches as lines arrive."""
-    from seq2seq import textio
-    from seq2seq.corpus import STDIN
-    from seq2seq.files import make_folder
+    from seq2seq import corpus
+    from seq2seq.files import STDIN, make_folder
+    from seq2seq.translation import format_candidates
 
-    textio.check_output(output, [input or Path(STDIN), *model])
+    corpus.check_output(output, [input or Path(STDIN), *model])
     translator, decode = _translator(
         model, device, beam, alpha, replace_unk, batch_size, precision, nbest, runtime
     )
-    lines, name, interactive = textio.input_lines(input)
+    lines, name, interactive = corpus.input_lines(input)
     if plot_attention:
         make_folder(plot_attention)
     number = 0  # of the input line, from 1 as editors and messages count
-    with textio.output(output) as sink:
-        for chunk in textio.chunks(lines, 1 if interactive else decode.batch_size):
+    with corpus.output(output) as sink:
+        for chunk in corpus.chunks(lines, 1 if interactive else decode.batch_size):
             for candidates in translator.translate_nbest(chunk, decode):
                 number += 1
                 if candidates[0].truncated:
                     limit = decode.max_source_length
                     console.warn(f"{name}:{number}: longer than {limit} tokens, truncated")
-                sink.write(textio.format_candidates(number, candidates, nbest, scores, as_json))
+                sink.write(format_candidates(number, candidates, nbest, scores, as_json))
                 if plot_attention and candidates[0].source_tokens:
                     from seq2seq.plots import plot_attention as draw
 
@@ -552,8 +557,13 @@ def evaluate(
     tsv: Annotated[Path | None, _option("FILE", "Source<TAB>reference lines.")] = None,
     model: Annotated[
         list[Path] | None,
-        _option("MODEL", "Checkpoint (.pt), model folder or Hub id to translate the sources "
-                "with; repeat it for an ensemble.", "--model", "-m"),
+        _option(
+            "MODEL",
+            "Checkpoint (.pt), model folder or Hub id to translate the sources "
+            "with; repeat it for an ensemble.",
+            "--model",
+            "-m",
+        ),
     ] = None,  # fmt: skip
     src: Annotated[Path | None, _option("FILE", "Source sentences, aligned with --ref.")] = None,
     hyp: Annotated[Path | None, _option("FILE", "Translations to score, not to make.")] = None,
@@ -577,11 +587,13 @@ def evaluate(
     Against references (--ref, or --tsv), sacreBLEU's scores with their signatures.
     Translates the sources (--src, or --tsv) with --model, or scores the lines of --hyp.
     Any one file may be - (stdin)."""
-    from seq2seq import textio
+    from seq2seq import corpus
+    from seq2seq.files import strict_json
+    from seq2seq.metrics import rounded
 
-    if output is not None and textio.is_standard(output):
+    if output is not None and corpus.is_standard(output):
         raise UserError("--output -: stdout holds the scores; write the translations to a file")
-    textio.check_output(output, [ref, src, hyp, tsv, *(model or [])])
+    corpus.check_output(output, [ref, src, hyp, tsv, *(model or [])])
     lines, references = _evaluation_text(src, ref, tsv, hyp, translating=hyp is None)
     if hyp is None and not model:
         raise UserError("evaluate needs --model to translate the sources, or --hyp to score")
@@ -601,17 +613,16 @@ def evaluate(
         record = {"sentences": len(references), **beam_alpha, **result.as_dict()}
         report = result.report(decode)
         if output:
-            with textio.output(output) as sink:
+            with corpus.output(output) as sink:
                 sink.writelines(t.text + "\n" for t in result.translations)
-    textio.print_result(textio.strict_json(textio.rounded(record)) if as_json else report)
+    corpus.print_result(strict_json(rounded(record)) if as_json else report)
 
 
 def _evaluation_text(
     src: Path | None, ref: Path | None, tsv: Path | None, hyp: Path | None, translating: bool
 ) -> tuple[list[str], list[str]]:
     """(the sources to translate or the translations to score, the references)."""
-    from seq2seq.corpus import check_aligned, read_lines, read_parallel, read_tsv
-    from seq2seq.textio import is_standard
+    from seq2seq.corpus import check_aligned, is_standard, read_lines, read_parallel, read_tsv
 
     given = {"--src": src, "--ref": ref, "--tsv": tsv, "--hyp": hyp}
     from_stdin = [option for option, path in given.items() if path and is_standard(path)]

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import io
+import itertools
+import os
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from seq2seq.errors import UserError, to_stderr
-from seq2seq.files import STDIN
+from seq2seq.files import STDIN, replaced_when_done, same_file
+from seq2seq.run import check_not_run_file
 
 if TYPE_CHECKING:  # config.py reads a config from stdin through this module
     from seq2seq.config import DataConfig
@@ -158,3 +163,84 @@ def read_split(
         return read_tsv(tsv_path(folder, split))
     src, trg = (split_path(folder, split, lang) for lang in (data.src_lang, data.trg_lang))
     return read_parallel(src, trg)
+
+
+# -- the commands' streams: input as it arrives, outputs that never overwrite an input --
+def input_lines(path: Path | None) -> tuple[Iterator[str], str, bool]:
+    """The lines of `path`, or of stdin (None or `-`) -> (lines, name for messages,
+    interactive?). A terminal on stdin is interactive: a prompt before each line."""
+    if not is_standard(path):
+        return iter_lines(path), str(path), False
+    interactive = stdin().isatty()
+    return stdin_lines("> " if interactive else ""), "<stdin>", interactive
+
+
+def is_standard(path: Path | None) -> bool:
+    """True when `path` means stdin or stdout: not given, or `-`."""
+    return path is None or str(path) == STDIN
+
+
+def chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
+    """Translate as lines arrive, at most `size` at a time, never the whole input at once."""
+    while chunk := list(itertools.islice(lines, size)):
+        yield chunk
+
+
+def check_output(path: Path | None, inputs: Iterable[Path | None]) -> None:
+    """Refuse an output that is one of the inputs (`-i f.de -o f.de`, `-o f.de < f.de`,
+    `-o` a checkpoint): it would be emptied before it is read; or one of a run's own
+    files; or stdout when it is closed. `-` among the inputs is stdin; None is no input.
+    Called before anything is opened."""
+    if is_standard(path):
+        stdout()
+        return
+    for source in inputs:
+        if source is not None and same_file(path, source):
+            raise UserError(
+                f"{path}: is the input {name(source)}; write the output to another file"
+            )
+    check_not_run_file(path)
+
+
+def stdout() -> TextIO:
+    """Standard output; closed (`>&-`) is a UserError, not results lost in silence."""
+    if sys.stdout is None:
+        raise UserError("<stdout>: closed; the results are written there")
+    return sys.stdout
+
+
+@contextmanager
+def output(path: Path | None) -> Iterator[TextIO]:
+    """`path` (a file is replaced only once complete) or stdout (None or `-`). A reader
+    that goes away (`| head -1`) ends the output quietly; a failing write (disk full) is a
+    UserError naming the file."""
+    to_file = not is_standard(path)
+    opened = _replaced_when_done(path) if to_file else nullcontext(stdout())
+    try:
+        with opened as sink:
+            yield sink
+    except OSError as error:
+        if not to_file:  # so that Python's flush of stdout at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(error, BrokenPipeError):
+            return
+        where = path if to_file else "<stdout>"
+        raise UserError(f"{where}: cannot write: {error.strerror or error}") from None
+
+
+def print_result(text: str) -> None:
+    """One result on stdout (a report, a path), under `output`'s rules."""
+    with output(None) as sink:
+        sink.write(text + "\n")
+        sink.flush()  # here, where a failure is reported, not at exit
+
+
+@contextmanager
+def _replaced_when_done(path: Path) -> Iterator[TextIO]:
+    """Text written to a temp file that replaces `path` at the end (files.py)."""
+    with replaced_when_done(path, durable=True) as raw:
+        sink = io.TextIOWrapper(raw, encoding="utf-8")
+        try:
+            yield sink
+        finally:
+            sink.detach()  # flushes; the raw handle stays open for replaced_when_done

@@ -12,6 +12,8 @@ directory in the way) is a `WriteFailed` naming the file: a UserError, exit 2.
 from __future__ import annotations
 
 import glob
+import json
+import math
 import os
 import re
 import secrets
@@ -19,7 +21,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from seq2seq.errors import UserError
 
@@ -140,3 +142,20 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def strict_json(record: Any) -> str:
+    """Strict JSON on one line: NaN and infinities become null (json.dumps would write
+    NaN/Infinity, which JSON parsers such as jq reject)."""
+    return json.dumps(finite(record), ensure_ascii=False, allow_nan=False)
+
+
+def finite(value: Any) -> Any:
+    """The value with NaN and infinities (nested too) as None, which JSON can carry."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value

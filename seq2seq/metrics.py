@@ -71,3 +71,15 @@ def tokenized_bleu(hypotheses: list[list[str]], references: list[list[str]]) -> 
 
 def perplexity(mean_loss: float) -> float:
     return math.exp(min(mean_loss, 100.0))
+
+
+SCORE_KEYS = ("bleu", "chrf", "tokenized_bleu", "perplexity", "free_running_perplexity")
+
+
+def rounded(record: dict[str, object]) -> dict[str, object]:
+    """A record for --json with the digits the text report prints: scores and
+    perplexities to 2 decimals, losses and other fractional numbers to 4."""
+    return {
+        key: round(value, 2 if key in SCORE_KEYS else 4) if isinstance(value, float) else value
+        for key, value in record.items()
+    }

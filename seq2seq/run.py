@@ -1,8 +1,8 @@
 """A run on disk: the run folder's files, the lock a training holds on it, the checks before
 a training starts there, which validated checkpoints it keeps; what last.pt holds, its save
 and restore, what a resumed run may change; the metrics log. Training, `seq2seq plot`,
-`seq2seq average` and the result scripts all find a run's files here. translate's output
-checks (textio.py) import this module without torch: what needs torch imports it there.
+`seq2seq average` and the result scripts all find a run's files here. The output checks
+of every command (corpus.py) import this module without torch: what needs torch imports it there.
 
 metrics.jsonl holds one JSON object per line, of "kind" "start" (versions, commit), "train"
 (every log_every steps) or "valid" (every validation). Each line is written with one
@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from seq2seq import console
 from seq2seq.errors import UserError
-from seq2seq.files import append_line, make_folder, remove_orphans, write_atomic
+from seq2seq.files import append_line, make_folder, remove_orphans, strict_json, write_atomic
 
 if TYPE_CHECKING:
     from seq2seq import distributed
@@ -392,8 +392,6 @@ class MetricsLog:
             pass
 
     def append(self, record: dict[str, Any]) -> None:
-        from seq2seq.textio import strict_json  # textio imports this module
-
         append_line(self.path, strict_json(record))
         if self._writer is not None and "step" in record:
             for key, value in record.items():
@@ -403,8 +401,6 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records written after `step` (work lost by a kill, about to be redone)."""
-        from seq2seq.textio import strict_json
-
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         text = "".join(strict_json(r) + "\n" for r in kept)
         write_atomic(self.path, lambda handle: handle.write(text.encode("utf-8")))

@@ -48,8 +48,13 @@ from seq2seq.config import (
     SettingError,
 )
 from seq2seq.errors import UserError, to_stderr
-from seq2seq.textio import finite, translation_record
-from seq2seq.translation import TextTranslator, Translation, open_translator
+from seq2seq.files import finite
+from seq2seq.translation import (
+    TextTranslator,
+    Translation,
+    open_translator,
+    translation_record,
+)
 
 log = logging.getLogger("seq2seq.serve")
 

@@ -13,14 +13,18 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seq2seq.bucketing import make_batches
 from seq2seq.config import DecodeConfig, Runtime
 from seq2seq.errors import UserError
+from seq2seq.files import strict_json
 from seq2seq.search_rules import Hypothesis
 from seq2seq.text import TextSide
 from seq2seq.vocab import SPECIALS, UNK
+
+if TYPE_CHECKING:
+    from seq2seq.gates import GateValues  # torch: the onnxruntime path writes without it
 
 # A runtime's search over one batch: source id rows (<sos> ... <eos>) -> per row, the
 # n best hypotheses, best first.
@@ -53,6 +57,43 @@ class Translation:
             return []
         weights = self.attention[: len(self.tokens), 1 : len(self.source_tokens) + 1]
         return weights.argmax(1).tolist()  # torch's dim 1 and numpy's axis 1 alike
+
+
+def format_candidates(
+    line: int, candidates: list[Translation], nbest: int, scores: bool, as_json: bool
+) -> str:
+    """The output line(s) of input line number `line` (from 1)."""
+    if as_json:
+        record = [translation_record(c) for c in candidates]
+        best = record[0] if nbest == 1 else {**record[0], "nbest": record}
+        return strict_json({"line": line, **best}) + "\n"
+    if nbest > 1:
+        return "".join(
+            f"{line}\t{rank}\t{c.score:.4f}\t{c.text}\n" for rank, c in enumerate(candidates, 1)
+        )
+    best = candidates[0]
+    return f"{best.score:.4f}\t{best.text}\n" if scores else best.text + "\n"
+
+
+def translation_record(translation: Translation) -> dict[str, object]:
+    """One translation as JSON data (`translate --json`, the server's answers)."""
+    return {
+        "translation": translation.text,
+        "score": round(translation.score, 4),
+        "tokens": translation.tokens,
+        "source_tokens": translation.source_tokens,
+        "alignment": translation.alignment(),
+        **({"gates": gate_record(translation.gates)} if translation.gates else {}),
+    }
+
+
+def gate_record(gates: GateValues) -> dict[str, list[float]]:
+    """Encoder gate values for --json: channel weights, and per source position (<sos>,
+    tokens, <eos>) the temporal weights of a CBAM gate."""
+    record = {"channel": [round(v, 4) for v in gates.channel.tolist()]}
+    if gates.temporal is not None:
+        record["temporal"] = [round(v, 4) for v in gates.temporal.tolist()]
+    return record
 
 
 def replace_unknown(tokens: list[str], source: list[str], alignment: list[int]) -> list[str]:
