@@ -14,7 +14,9 @@ metrics.jsonl: a damaged line is skipped and named, never the end of a resume or
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
 import random
 import re
@@ -26,8 +28,7 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-from conftest import ROOT, TOY_CONFIG, TOY_DATA, random_batch, run_cli
-from test_hardening import one_error_line
+from conftest import ROOT, TOY_CONFIG, TOY_DATA, one_error_line, random_batch, run_cli
 
 from seq2seq import distributed
 from seq2seq.checkpoint import Bundle, load_checkpoint
@@ -37,8 +38,10 @@ from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import Optimization
 from seq2seq.run import (
+    MetricsLog,
     RunFolder,
     TrainingState,
+    check_not_run_file,
     config_changes,
     describe_changes,
     get_rng_state,
@@ -299,6 +302,114 @@ def test_a_folder_that_cannot_be_written_is_one_error_line(
 # -- last.pt and resuming ----------------------------------------------------------------------
 
 
+# -- the folder in this process: its lock, the files it owns, the checkpoints it keeps ---------
+
+
+def test_a_held_folder_names_the_training_that_holds_it(tmp_path: Path) -> None:
+    (tmp_path / ".lock").write_text("a longer stale content\n", encoding="utf-8")
+    holder, other = RunFolder(tmp_path), RunFolder(tmp_path)
+    assert other.training() is None
+    holder.lock()
+    pid = str(os.getpid())
+    assert (tmp_path / ".lock").read_text(encoding="utf-8") == f"{pid}\n"
+    assert fcntl.fcntl(holder._lock.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    assert other.training() == pid
+    in_use = f"{tmp_path} is in use by a training (PID {pid}); "
+    with pytest.raises(UserError) as refused:
+        other.refuse_while_training("write elsewhere")
+    assert str(refused.value) == in_use + "write elsewhere"
+    with pytest.raises(UserError) as locked:
+        other.lock()
+    assert str(locked.value) == in_use + "wait for it to end, or choose another --run-dir"
+    assert (tmp_path / ".lock").read_text(encoding="utf-8") == f"{pid}\n"  # left as it was
+    holder.unlock()
+    holder.unlock()  # a second time is nothing
+    assert other.training() is None
+    other.refuse_while_training("write elsewhere")
+    other.lock()
+    other.unlock()
+
+
+def test_a_lock_held_before_its_holder_wrote_its_pid_names_no_pid(tmp_path: Path) -> None:
+    with open(tmp_path / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        assert RunFolder(tmp_path).training() == "unknown"
+
+
+def test_a_lock_file_is_made_readable_to_all(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        folder = RunFolder(tmp_path / "run")
+        folder.lock()
+        folder.unlock()
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "run" / ".lock").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_lock_that_is_not_a_regular_file_is_one_error_in_this_process(
+    tmp_path: Path, kind: str
+) -> None:
+    lock = tmp_path / ".lock"
+    target = tmp_path / "target"
+    target.write_text("keep\n", encoding="utf-8")
+    lock.symlink_to(target) if kind == "symlink" else os.mkfifo(lock)
+    reason = {
+        "symlink": "cannot open the folder's lock: it is a symbolic link; remove it",
+        "fifo": "the run folder's lock is not a regular file; remove it",
+    }[kind]
+    for use in (RunFolder(tmp_path).training, RunFolder(tmp_path).lock):
+        with pytest.raises(UserError) as refused:
+            use()
+        assert str(refused.value) == f"{lock}: {reason}"
+    assert target.read_text(encoding="utf-8") == "keep\n"
+
+
+def test_a_folder_owns_its_training_files_once_it_holds_a_run(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    own = ["config.yaml", "last.pt", "best.pt", "metrics.jsonl", "train.log", "ckpt-step7.pt"]
+    assert not any(folder.owns(name) for name in own)  # an empty folder holds no run
+    fake_run(tmp_path, "metrics.jsonl")
+    assert not folder.owns("metrics.jsonl")  # the only file: another run may start here
+    assert [name for name in own if not folder.owns(name)] == ["metrics.jsonl"]
+    fake_run(tmp_path, "train.log")
+    assert folder.owns("metrics.jsonl")
+    for name in ("curves.png", "notes.txt", "ckpt-step7.txt", "best.pt.bak", "my-ckpt-step7.pt"):
+        assert not folder.owns(name), name
+
+
+def test_a_run_file_is_refused_as_an_output_by_any_spelling(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run", "metrics.jsonl", "best.pt")
+    (tmp_path / "link.pt").symlink_to(run / "best.pt")
+    for spelling in (run / "best.pt", tmp_path / "link.pt", run / ".." / "run" / "best.pt"):
+        with pytest.raises(UserError) as refused:
+            check_not_run_file(spelling)
+        assert str(refused.value) == (
+            f"{spelling}: is the best.pt of the run in {run}; write the output to another file"
+        )
+    check_not_run_file(run / "average.pt")
+    check_not_run_file(tmp_path / "best.pt")
+
+
+def test_validated_checkpoints_are_kept_and_pushed_out(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    payload = {"weights": torch.arange(3)}
+    assert folder.save_validated(payload, 10, best=True, keep=True, dropped=[]) == [
+        tmp_path / "best.pt", tmp_path / "ckpt-step10.pt"
+    ]  # fmt: skip
+    assert folder.save_validated(payload, 20, best=False, keep=True, dropped=[]) == [
+        tmp_path / "ckpt-step20.pt"
+    ]
+    assert folder.save_validated(payload, 30, best=True, keep=False, dropped=[10]) == [
+        tmp_path / "best.pt"
+    ]
+    assert folder.all_kept() == [tmp_path / "ckpt-step20.pt"]
+    assert folder.save_validated(payload, 40, best=False, keep=False, dropped=[]) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "ckpt-step20.pt"]
+    assert torch.equal(load_checkpoint(tmp_path / "ckpt-step20.pt")["weights"], torch.arange(3))
+
+
 LAST = Path("run/last.pt")
 SIZES = ["model.encoder.embedding_size=8", "model.encoder.hidden_size=6",
          "model.decoder.embedding_size=7", "model.decoder.hidden_size=5"]  # fmt: skip
@@ -367,6 +478,12 @@ def test_a_change_that_makes_another_run_is_refused(change: str, message: str) -
         f"{LAST}: the run was trained with {message}; a resumed run cannot change it: "
         "set it back, or start a new run"
     )
+
+
+def test_a_last_pt_whose_config_is_not_valid_is_named(tmp_path: Path) -> None:
+    payload = {"config": {**toy_config().model_dump(), "bogus": 1}}
+    with pytest.raises(UserError, match=f"^{re.escape(str(LAST))}"):
+        config_changes(payload, toy_config(), LAST)
 
 
 def test_describe_changes() -> None:
@@ -473,6 +590,10 @@ def test_each_rank_takes_its_streams_or_all_reseed() -> None:
     reseeded = torch.rand(3).tolist()
     torch.manual_seed(7)
     assert reseeded == torch.rand(3).tolist()
+    assert restore_rng([first], distributed.Context(rank=2, world_size=3), 7) is False
+    reseeded = torch.rand(3).tolist()
+    torch.manual_seed(7 + 2)  # seed + rank: each rank its own stream
+    assert reseeded == torch.rand(3).tolist()
 
 
 # -- metrics.jsonl -----------------------------------------------------------------------------
@@ -489,6 +610,8 @@ def test_lines_that_are_not_records_are_skipped_and_named(
     good = [{"kind": "train", "step": 5}, {"kind": "valid", "step": 10}]
     lines = [json.dumps(good[0]).encode(), *DAMAGED, json.dumps(good[1]).encode()]
     path.write_bytes(b"\n".join(lines) + b'\n{"kind": "tr')
+    assert read_metrics(path) == good
+    path.write_bytes(b"\n".join([lines[0], b" ", lines[-1]]) + b"\n")  # a blank line: nothing
     assert read_metrics(path) == good
     warnings = capsys.readouterr().err.splitlines()
     assert warnings == [
@@ -519,3 +642,18 @@ def test_a_damaged_metrics_line_never_stops_plot_or_resume(damaged_run: Path, cl
     assert f"warning: {metrics}:5: not a metrics record" in err
     lines = metrics.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == records
+
+
+def test_truncate_after_keeps_the_records_up_to_a_step(tmp_path: Path) -> None:
+    """Records without a step (the start record) stay; NaN is still written as null."""
+    folder = RunFolder(tmp_path)
+    log = MetricsLog(folder)
+    records = [{"kind": "start", "note": "é"}, {"kind": "train", "step": 1, "loss": math.nan},
+               {"kind": "valid", "step": 2}, {"kind": "train", "step": 3}]  # fmt: skip
+    for record in records:
+        log.append(record)
+    log.truncate_after(2)
+    assert folder.metrics.read_text(encoding="utf-8") == (
+        '{"kind": "start", "note": "é"}\n{"kind": "train", "step": 1, "loss": null}\n'
+        '{"kind": "valid", "step": 2}\n'
+    )
