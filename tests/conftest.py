@@ -1,10 +1,15 @@
-"""Shared fixtures: a tiny toy run trained once per session, a CLI runner, tiny models."""
+"""Shared fixtures: a tiny toy run trained once per session, a CLI runner, tiny models;
+and the helpers of several test files: the one-error-line check, strict JSON, changed
+checkpoints, training data folders."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +18,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, settings
 
+from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import DecoderConfig, EncoderConfig, ModelConfig, load_config
 from seq2seq.model import Seq2Seq
 
@@ -145,6 +151,47 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
         return (code if isinstance(code, int) else 0 if code is None else 1), out, err
 
     return run
+
+
+def one_error_line(code: int, err: str, *expected: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def strict(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in JSON: {text}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def changed_checkpoint(source: Path, target: Path, change) -> Path:
+    """A copy of the checkpoint at `source` with change(payload) applied."""
+    payload = load_checkpoint(source)
+    change(payload)
+    save_checkpoint(payload, target)
+    return target
+
+
+def data_folder(tmp_path: Path, src: str | bytes, trg: str | bytes, suffix: str = "") -> Path:
+    """A data folder whose train split is the given text and whose val split is the toy's."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for lang, text in (("de", src), ("en", trg)):
+        raw = text.encode("utf-8") if isinstance(text, str) else text
+        path = folder / f"train.{lang}{suffix}"
+        path.write_bytes(gzip.compress(raw) if suffix == ".gz" else raw)
+        shutil.copy(TOY_DATA / f"val.{lang}", folder / f"val.{lang}")
+    return folder
+
+
+def train_args(tmp_path: Path, folder: Path, *extra: str) -> list[str]:
+    sets = [f"data.dir={folder}", f"train.run_dir={tmp_path / 'run'}", "train.epochs=1", *extra]
+    return ["train", "--config", str(TOY_CONFIG), *[a for s in sets for a in ("--set", s)]]
 
 
 def tiny_model_config(

@@ -1,4 +1,5 @@
-"""Checkpoints: weights-only loading, foreign files refused as user errors, atomic saves."""
+"""Checkpoints: weights-only loading, foreign files refused as user errors, crafted ones
+refused before they cost anything, atomic saves, averaging."""
 
 from __future__ import annotations
 
@@ -8,21 +9,21 @@ import math
 import os
 import pickle
 import random
+import shutil
 import struct
 import subprocess
 import sys
 import weakref
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, changed_checkpoint, one_error_line, run_cli
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_hardening import one_error_line
-from test_reliability import changed_checkpoint
 
 from seq2seq import checkpoint, files
 from seq2seq.checkpoint import (
@@ -434,6 +435,16 @@ def test_average_refuses_checkpoints_that_do_not_match(
     assert str(other) in str(caught.value)
 
 
+def test_average_refuses_the_same_file_twice(tmp_path: Path, toy_checkpoint: Path, cli) -> None:
+    first = tmp_path / "a.pt"
+    shutil.copy(toy_checkpoint, first)
+    os.link(first, tmp_path / "twin.pt")
+    for twice in ([first, first], [first, tmp_path / "twin.pt"]):
+        code, out, err = cli("average", *twice, "-o", tmp_path / "mean.pt")
+        one_error_line(code, err, f"{twice[1]}: the same file as {first}")
+    assert not (tmp_path / "mean.pt").exists()
+
+
 def expanded(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each tensor a view of one element (stride 0): the file holds a few bytes of each."""
     return {name: torch.zeros(1, dtype=t.dtype).expand(t.shape) for name, t in weights.items()}
@@ -538,3 +549,173 @@ def test_no_field_of_a_checkpoint_makes_spacy_import_a_module(
     for field, path, line in zip(fields, paths, lines[:-1], strict=True):
         assert line.startswith(f"refused {path}") and field in line, line
         assert f"{fields[field]!r} is not a spaCy " in line, line
+
+
+# -- crafted checkpoints: refused before they cost anything ---------------------------------------
+
+
+def zeros_deflated(periods: int) -> tuple[bytes, int]:
+    """A raw deflate stream of zeros, written directly rather than compressed (seconds per
+    gigabyte): one fixed-Huffman block of a literal 0 and then 1 + 8 * periods copies of
+    258 bytes at distance 1. -> (stream, inflated size), about 1000:1."""
+    bits = [1, 1, 0]  # the last block; fixed codes (type 01, least significant bit first)
+
+    def code(value: int, width: int) -> None:  # Huffman codes go most significant bit first
+        bits.extend(value >> i & 1 for i in reversed(range(width)))
+
+    code(0b00110000, 8)  # literal 0
+    for _ in range(9):
+        code(0b11000101, 8)  # length 258
+        code(0, 5)  # distance 1
+    data = bytes(sum(b << i for i, b in enumerate(bits[k : k + 8])) for k in range(0, 128, 8))
+    # 24 bits hold the block header, the literal and one copy; then 8 copies every 13
+    # bytes; then the end-of-block code (7 zero bits) and padding: one zero byte.
+    return data[:3] + data[3:] * periods + b"\x00", 1 + 258 * (1 + 8 * periods)
+
+
+def write_zip(path: Path, entries: list[tuple[str, bytes, int, int]]) -> None:
+    """A zip archive of (name, stored bytes, method, size once inflated) entries, written
+    by hand: zipfile cannot store bytes that are already deflated. The CRCs of deflated
+    entries are left 0: nothing may read that far."""
+    with open(path, "wb") as handle:
+        directory = b""
+        for name, data, method, size in entries:
+            encoded, offset = name.encode(), handle.tell()
+            crc = zlib.crc32(data) if method == zipfile.ZIP_STORED else 0
+            fields = (20, 0, method, 0, 0, crc, len(data), size, len(encoded))
+            handle.write(struct.pack("<I5H3I2H", 0x04034B50, *fields, 0) + encoded + data)
+            directory += struct.pack("<I6H3I5H2I", 0x02014B50, 20, *fields, 0, 0, 0, 0, 0,
+                                     offset) + encoded  # fmt: skip
+        start = handle.tell()
+        handle.write(directory)
+        count = len(entries)
+        handle.write(struct.pack("<I4HIIH", 0x06054B50, 0, 0, count, count, len(directory),
+                                 start, 0))  # fmt: skip
+
+
+def test_a_zip_bomb_is_refused_before_torch_reads_it(
+    tmp_path: Path, toy_checkpoint: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The toy checkpoint with one tensor entry replaced by 13 MB that inflate to 2 GB
+    (torch.load would inflate it in memory)."""
+    for periods in (0, 1, 100):  # the stream really inflates to what it claims
+        stream, size = zeros_deflated(periods)
+        assert zlib.decompress(stream, -15) == bytes(size)
+    with zipfile.ZipFile(toy_checkpoint) as archive:
+        members = [(e.filename, archive.read(e)) for e in archive.infolist()]
+    stream, size = zeros_deflated(1_000_000)
+    bomb = tmp_path / "bomb.pt"
+    write_zip(bomb, [
+        (name, stream, zipfile.ZIP_DEFLATED, size) if name.endswith("/data/0")
+        else (name, data, zipfile.ZIP_STORED, len(data))
+        for name, data in members
+    ])  # fmt: skip
+    assert bomb.stat().st_size < 15e6 and size > 2e9
+    with zipfile.ZipFile(bomb) as archive:  # a well-formed archive, as zipfile sees it
+        assert max(entry.file_size for entry in archive.infolist()) == size
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.load reached")
+
+    monkeypatch.setattr(torch, "load", never)
+    code, out, err = cli("translate", "-m", bomb, input=b"Ein Hund.\n")
+    one_error_line(code, err, str(bomb), "would inflate to 2,064,", "stored uncompressed")
+
+
+def set_key(key: str, value: object) -> Callable[[dict], None]:
+    """A change that sets config key `key` (dotted) of a payload."""
+
+    def change(payload: dict) -> None:
+        *sections, name = key.split(".")
+        section = payload["config"]
+        for part in sections:
+            section = section[part]
+        section[name] = value
+
+    return change
+
+
+CONFIG_LIES = {
+    "hidden size": (set_key("model.encoder.hidden_size", 8000), "model.encoder.hidden_size"),
+    "embedding size": (set_key("model.decoder.embedding_size", 4096),
+                       "model.decoder.embedding_size"),
+    "vocabulary": (lambda p: p["vocab"]["trg"].extend(f"w{i}" for i in range(100_000)),
+                   "vocab.trg size"),
+    "gate kernel": (lambda p: p["config"]["model"]["encoder"].update(gate="cbam",
+                                                                     gate_kernel=10**9 + 1),
+                    "encoder_gate"),
+    "a missing tensor": (lambda p: p["model"].pop("decoder.output.weight"),
+                         "decoder.output.weight are absent"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("lie", CONFIG_LIES, ids=list(CONFIG_LIES))
+def test_a_config_that_lies_about_sizes_is_refused_before_allocation(
+    lie: str, tmp_path: Path, toy_checkpoint: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 300 KB checkpoint whose config would build a model of gigabytes: refused, naming
+    the key, having built no model anywhere but on the meta device (no memory)."""
+    change, named = CONFIG_LIES[lie]
+    path = changed_checkpoint(toy_checkpoint, tmp_path / "lies.pt", change)
+    built = []
+    model_class = checkpoint.Seq2Seq
+
+    def recorded(*args, **kwargs):
+        model = model_class(*args, **kwargs)
+        built.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(checkpoint, "Seq2Seq", recorded)
+    code, out, err = cli("translate", "-m", path, input=b"Ein Hund.\n")
+    one_error_line(code, err, str(path), "refused", named)
+    assert set(built) <= {"meta"}, built
+
+
+@pytest.mark.parametrize("name", ["antigravity", "os", "numpy", "spacy", "de_core_news_sm.x",
+                                  "../de_core_news_sm", "blank:de;x", "", 7, None])  # fmt: skip
+def test_a_tokenizer_name_that_is_not_spacys_is_refused(
+    name: object, tmp_path: Path, toy_checkpoint: Path
+) -> None:
+    """spacy.load imports the installed package it is given: only spaCy names may pass."""
+    path = changed_checkpoint(
+        toy_checkpoint, tmp_path / "named.pt", lambda p: p["tokenizer"].update(trg=name)
+    )
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value) and f"tokenizer.trg {name!r}" in str(caught.value)
+    assert "antigravity" not in sys.modules
+
+
+def set_weight(value: float) -> Callable[[dict], None]:
+    def change(weights: dict) -> None:
+        weights["decoder.rnn.weight_hh"][3, 1] = value
+
+    return change
+
+
+def integers(weights: dict) -> None:
+    for name, tensor in weights.items():
+        weights[name] = tensor.long()
+
+
+NOT_FINITE_FLOATS = "decoder.rnn.weight_hh hold NaN or infinite values"
+BAD_WEIGHTS = {
+    "nan": (set_weight(math.nan), NOT_FINITE_FLOATS),
+    "inf": (set_weight(math.inf), NOT_FINITE_FLOATS),
+    "-inf": (set_weight(-math.inf), NOT_FINITE_FLOATS),
+    "integers": (integers, "encoder.embedding.weight are int64, not floating point"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_WEIGHTS, ids=list(BAD_WEIGHTS))
+def test_weights_that_are_not_finite_floats_are_refused(
+    case: str, tmp_path: Path, toy_checkpoint: Path, cli
+) -> None:
+    """By every command that reads a checkpoint, in one line naming the file and tensor."""
+    change, message = BAD_WEIGHTS[case]
+    bad = changed_checkpoint(toy_checkpoint, tmp_path / "bad.pt", lambda p: change(p["model"]))
+    code, out, err = cli("translate", "-m", bad, input=b"Ein Hund.\n")
+    one_error_line(code, err, str(bad), message)
+    code, out, err = cli("average", toy_checkpoint, bad, "-o", tmp_path / "mean.pt")
+    one_error_line(code, err, str(bad), message)
+    assert not (tmp_path / "mean.pt").exists()

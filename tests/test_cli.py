@@ -24,11 +24,12 @@ import spacy
 import torch
 import torch.nn.functional as F
 import typer.main
-from conftest import ROOT, TOY_CONFIG, TOY_DATA, run_cli, toy_overrides
+from conftest import ROOT, TOY_CONFIG, TOY_DATA, one_error_line, run_cli, toy_overrides
 
 import seq2seq.cli
 import seq2seq.training
 from seq2seq import console
+from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import load_config
 from seq2seq.corpus import read_lines
 from seq2seq.errors import UserError
@@ -214,6 +215,43 @@ def test_evaluate_a_hypothesis_file_with_an_independent_scorer(tmp_path: Path, c
     assert result["chrf"] == round(sacrebleu.corpus_chrf(hypotheses, [REFERENCES]).score, 2)
     tokenized = spacy_bleu(hypotheses, REFERENCES)
     assert tokenized > bleu and result["tokenized_bleu"] == round(tokenized, 2)  # lowercased
+
+
+def test_evaluate_warns_of_empty_reference_lines(tmp_path: Path, cli) -> None:
+    hyp, ref = tmp_path / "hyp.en", tmp_path / "ref.en"
+    hyp.write_text("A dog.\nA man.\nA cat.\nA car.\n", encoding="utf-8")
+    ref.write_text("A dog.\n\nA cat.\n  \n", encoding="utf-8")
+    code, out, err = cli("evaluate", "--hyp", hyp, "--ref", ref)
+    assert code == 0, err
+    assert err.splitlines() == [f"warning: {ref}: 2 empty reference lines (the first: line 2)"]
+
+
+def test_evaluate_hypotheses_of_another_length(tmp_path: Path, cli):
+    hyp = tmp_path / "hyp.en"
+    hyp.write_text("A dog runs.\n", encoding="utf-8")
+    code, out, err = cli("evaluate", "--hyp", hyp, "--ref", TOY_DATA / "test.en")
+    one_error_line(code, err, "hyp.en has 1 lines", "test.en has 56")
+
+
+def test_evaluate_an_empty_hypothesis_file(tmp_path: Path, cli):
+    hyp = tmp_path / "hyp.en"
+    hyp.write_text("", encoding="utf-8")
+    code, out, err = cli("evaluate", "--hyp", hyp, "--ref", TOY_DATA / "test.en")
+    one_error_line(code, err, "hyp.en has 0 lines")
+    code, out, err = cli("evaluate", "--hyp", hyp, "--ref", hyp)
+    one_error_line(code, err, "nothing to score")
+
+
+def test_evaluate_scores_a_hypothesis_file(cli):
+    reference = TOY_DATA / "test.en"
+    code, out, err = cli("evaluate", "--hyp", reference, "--ref", reference, "--json")
+    assert code == 0, err
+    assert '"bleu": 100.0' in out and '"tokenized_bleu": 100.0' in out
+
+
+def test_evaluate_needs_a_model_or_hypotheses(cli):
+    code, out, err = cli("evaluate", "--ref", TOY_DATA / "test.en")
+    one_error_line(code, err, "--hyp")
 
 
 # -- cli.main: a bug is exit 1 with a hint, Ctrl-C is exit 130 ---------------------------
@@ -640,6 +678,15 @@ def test_average_of_one_checkpoint_says_one(toy_checkpoint: Path, tmp_path: Path
     code, _, err = cli("average", toy_checkpoint, "--output", output)
     assert code == 0, err
     assert err.endswith(f"averaged 1 checkpoint into {output}\n") and "checkpoints" not in err
+
+
+def test_average_of_one_file_warns(tmp_path: Path, toy_checkpoint: Path, cli) -> None:
+    code, out, err = cli("average", toy_checkpoint, "-o", tmp_path / "mean.pt")
+    assert code == 0, err
+    assert err.splitlines()[0] == (
+        f"warning: {toy_checkpoint} is the only checkpoint: the average is a copy of its weights"
+    )
+    assert load_checkpoint(tmp_path / "mean.pt")["averaged_from"] == [str(toy_checkpoint)]
 
 
 def readme_toy_commands() -> list[str]:

@@ -9,7 +9,14 @@ import pytest
 from conftest import ROOT, TOY_CONFIG, run_cli
 from pydantic import ValidationError
 
-from seq2seq.config import Config, DecodeConfig, SettingError, load_config, save_config
+from seq2seq.config import (
+    Config,
+    DecodeConfig,
+    SettingError,
+    check_spacy_name,
+    load_config,
+    save_config,
+)
 from seq2seq.errors import UserError
 
 
@@ -331,3 +338,8 @@ def test_spacy_names_pass(tmp_path: Path) -> None:
     text = "data:\n  src_pipeline: de_core_news_sm\n  trg_pipeline: blank:en\n  trg_lang: grc\n"
     config = load_config(write(tmp_path, text))
     assert (config.data.src_pipeline, config.data.trg_pipeline) == ("de_core_news_sm", "blank:en")
+
+
+def test_spacy_names_pass_check_spacy_name() -> None:
+    for name in ("blank:de", "blank:grc", "de_core_news_sm", "en_core_web_trf", "xx_ent_wiki_sm"):
+        assert check_spacy_name(name, "pipeline") == name

@@ -1,17 +1,22 @@
 """Corpus reading: plain and gzipped UTF-8, split on '\\n' only, errors that name file:line;
-the two layouts of a parallel corpus (two files, or one tab-separated file); `-` is stdin."""
+the two layouts of a parallel corpus (two files, or one tab-separated file); `-` is stdin;
+byte order marks; the commands' streams: an output is never an input, a closed pipe."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
+import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import TOY_DATA
+import torch
+from conftest import ROOT, TOY_DATA, data_folder, one_error_line, train_args
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -222,3 +227,151 @@ def test_a_folder_or_closed_stdin_is_a_user_error(
     monkeypatch.setattr(sys, "stdin", None)  # Python's stdin when file descriptor 0 is closed
     with pytest.raises(UserError, match="^<stdin>: closed"):
         read_lines("-")
+
+
+# -- training data read by `train`: line separators, invalid UTF-8, gzip --------------------------
+
+
+def test_unicode_line_separators_do_not_split_lines(tmp_path: Path, cli):
+    """U+2028, U+0085 and a lone \\r inside a line: counted as `wc -l` counts (by \\n)."""
+    src = "Ein Hund\u2028läuft.\nEin Mann\x85schläft.\nEine Frau\rsitzt.\n" * 20
+    trg = "A dog runs.\nA man sleeps.\nA woman sits.\n" * 20
+    assert src.count("\n") == trg.count("\n") == 60
+    code, out, err = cli(*train_args(tmp_path, data_folder(tmp_path, src, trg)))
+    assert code == 0, err
+    assert "training pairs: 60 (0 skipped" in err
+
+
+def test_invalid_utf8_names_file_and_line_of_training_data(tmp_path: Path, cli):
+    src = b"Ein Hund.\nEin \xff Mann.\n"
+    code, out, err = cli(*train_args(tmp_path, data_folder(tmp_path, src, "A dog.\nA man.\n")))
+    one_error_line(code, err, "train.de:2", "invalid UTF-8")
+
+
+def test_truncated_gzip(tmp_path: Path, cli):
+    folder = data_folder(tmp_path, "Ein Hund.\n" * 500, "A dog.\n" * 500, suffix=".gz")
+    path = folder / "train.de.gz"
+    path.write_bytes(path.read_bytes()[:-12])
+    code, out, err = cli(*train_args(tmp_path, folder))
+    one_error_line(code, err, "train.de.gz", "damaged gzip")
+
+
+def test_a_gz_file_that_is_not_gzip(tmp_path: Path, cli):
+    folder = data_folder(tmp_path, "Ein Hund.\n", "A dog.\n", suffix=".gz")
+    (folder / "train.en.gz").write_bytes(b"A dog.\n")
+    code, out, err = cli(*train_args(tmp_path, folder))
+    one_error_line(code, err, "train.en.gz")
+
+
+# -- byte order marks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_a_byte_order_mark_is_not_text(tmp_path: Path, suffix: str) -> None:
+    """Only at the start of a file: elsewhere U+FEFF is a (zero-width) character."""
+    raw = "\ufeffEin Hund.\n\ufeffEin Mann.\n".encode()
+    path = tmp_path / f"bom.de{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix else raw)
+    assert read_lines(path) == ["Ein Hund.", "\ufeffEin Mann."]
+
+
+def test_a_byte_order_mark_on_stdin_is_not_text(toy_checkpoint: Path, cli) -> None:
+    """The JSON output shows the source tokens as translated."""
+    text = "Ein Hund läuft.\nEin Mann.\n".encode()
+    args = ("translate", "-m", toy_checkpoint, "--beam", "1", "--json")
+    code, plain, err = cli(*args, input=text)
+    assert code == 0, err
+    code, marked, err = cli(*args, input=b"\xef\xbb\xbf" + text)
+    assert code == 0, err
+    assert marked == plain
+    assert json.loads(plain.splitlines()[0])["source_tokens"][0] == "Ein"
+
+
+# -- the commands' streams: inputs are never outputs, stdin, a closed pipe ------------------------
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (links followed), to show that nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _inputs(tmp_path: Path, toy_checkpoint: Path) -> None:
+    shutil.copy(toy_checkpoint, tmp_path / "a.pt")
+    shutil.copy(toy_checkpoint, tmp_path / "b.pt")
+    shutil.copy(TOY_DATA / "test.de", tmp_path / "f.de")
+    shutil.copy(TOY_DATA / "test.en", tmp_path / "f.en")
+    (tmp_path / "link.de").symlink_to(tmp_path / "f.de")
+    (tmp_path / "sub").mkdir()
+    os.link(tmp_path / "f.en", tmp_path / "hard.en")
+
+
+OUTPUT_IS_INPUT = {
+    "translate -i X -o X": (["translate", "-m", "a.pt", "-i", "f.de", "-o", "f.de"], "f.de"),
+    "translate, -o a link to -i": (["translate", "-m", "a.pt", "-i", "f.de", "-o", "link.de"],
+                                   "f.de"),
+    "translate -o the model": (["translate", "-m", "a.pt", "-o", "sub/../a.pt"], "a.pt"),
+    "evaluate -o the reference": (["evaluate", "--hyp", "f.de", "--ref", "f.en", "-o", "f.en"],
+                                  "f.en"),
+    "evaluate, -o a hard link to --src": (["evaluate", "-m", "a.pt", "--src", "f.en", "--ref",
+                                           "f.de", "-o", "hard.en"], "f.en"),
+    "average -o an input": (["average", "a.pt", "b.pt", "-o", "b.pt"], "b.pt"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", OUTPUT_IS_INPUT, ids=list(OUTPUT_IS_INPUT))
+def test_an_output_that_is_an_input_is_refused(
+    case: str, tmp_path: Path, toy_checkpoint: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _inputs(tmp_path, toy_checkpoint)
+    before = snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args, source = OUTPUT_IS_INPUT[case]
+    code, out, err = cli(*args, input=b"Ein Hund.\n")
+    one_error_line(code, err, args[-1], source, "is the input")
+    assert snapshot(tmp_path) == before
+
+
+def test_an_output_that_is_the_file_on_stdin_is_refused(tmp_path: Path, toy_checkpoint: Path):
+    """`translate -o in.de < in.de`: stdin is a file like any other input (by fstat)."""
+    source = tmp_path / "in.de"
+    source.write_text("Ein Hund.\n", encoding="utf-8")
+    command = [sys.executable, "-m", "seq2seq", "translate", "-m", toy_checkpoint, "-o", "in.de"]
+    with open(source, "rb") as stdin:
+        result = subprocess.run(command, stdin=stdin, capture_output=True, cwd=tmp_path,
+                                timeout=300)  # fmt: skip
+    one_error_line(result.returncode, result.stderr.decode(), "in.de: is the input <stdin>")
+    assert source.read_text(encoding="utf-8") == "Ein Hund.\n"
+
+
+def test_stdin_closed_at_once(toy_checkpoint: Path, cli):
+    code, out, err = cli("translate", "-m", toy_checkpoint, input=b"")
+    assert code == 0 and out == "", err
+
+
+def test_arbitrary_bytes_through_the_command(toy_checkpoint: Path, tmp_path: Path, cli):
+    """Random UTF-8 text with every kind of line separator inside lines: the output file
+    has as many lines as `wc -l` counts in the input."""
+    alphabet = "ab Ü\u2028\x85\r\x00\u200f\U0001f600e\u0301.,;"
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randint(0, len(alphabet), (300, 30), generator=generator).tolist()
+    text = "\n".join("".join(alphabet[i] for i in row) for row in picks) + "\n"
+    source = tmp_path / "odd.de"
+    source.write_text(text, encoding="utf-8")
+    output = tmp_path / "odd.en"
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--beam", "1", "--input", source,
+                         "--output", output)  # fmt: skip
+    assert code == 0, err
+    assert output.read_bytes().count(b"\n") == text.count("\n") == 300
+
+
+def test_output_to_a_closed_pipe_exits_quietly(toy_checkpoint: Path):
+    lines = "Ein Hund läuft im Park.\n" * 3000
+    command = (
+        f"{sys.executable} -m seq2seq translate -m {toy_checkpoint} --beam 1 --batch-size 8 "
+        "| head -1; echo status=${PIPESTATUS[0]}"
+    )
+    result = subprocess.run(
+        ["bash", "-c", command], input=lines.encode(), capture_output=True, cwd=ROOT
+    )
+    assert result.stdout.decode().splitlines() == ["A dog runs in the park.", "status=0"]
+    assert result.stderr == b"", result.stderr.decode()

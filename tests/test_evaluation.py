@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import math
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOY_DATA
+from conftest import TOY_DATA, strict
 
 from seq2seq.corpus import read_lines
 from seq2seq.evaluation import evaluate
@@ -54,3 +56,20 @@ def test_losses_by_hand_in_eval_mode(toy_translator: Translator) -> None:
     assert evaluation.loss == pytest.approx(forced, rel=1e-5)
     assert evaluation.free_running_loss == pytest.approx(free, rel=1e-5)
     assert model.training
+
+
+def test_evaluate_json_never_holds_nan_or_infinity(
+    tmp_path: Path, toy_checkpoint: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import seq2seq.evaluation
+
+    monkeypatch.setattr(seq2seq.evaluation, "corpus_losses", lambda *a: (math.nan, math.inf))
+    src, ref = tmp_path / "src.de", tmp_path / "ref.en"
+    src.write_text("Ein Hund.\n", encoding="utf-8")
+    ref.write_text("A dog.\n", encoding="utf-8")
+    code, out, err = cli("evaluate", "-m", toy_checkpoint, "--src", src, "--ref", ref, "--json")
+    assert code == 0, err
+    record = strict(out)
+    assert record["loss"] is None and record["perplexity"] is None
+    assert record["free_running_loss"] is None
+    assert record["free_running_perplexity"] == pytest.approx(math.exp(100.0))

@@ -17,11 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TOY_CONFIG, TOY_DATA, run_cli, tiny_model_config, toy_overrides
+from conftest import (
+    TOY_CONFIG,
+    TOY_DATA,
+    one_error_line,
+    run_cli,
+    tiny_model_config,
+    toy_overrides,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from load_test import start_server
-from test_hardening import one_error_line
 
 import seq2seq
 from seq2seq.checkpoint import Bundle, load_bundle, load_checkpoint, save_checkpoint

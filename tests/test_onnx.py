@@ -162,7 +162,6 @@ def test_translate_runs_without_torch(shipped_folder: Path) -> None:
     assert err.strip().splitlines()[-1] == "[]", "torch was imported"
 
 
-
 def test_evaluate_without_sacrebleu_is_one_line(shipped_folder: Path, tmp_path: Path) -> None:
     """The torch-free install leaves sacreBLEU out: scoring says what to install."""
     text = tmp_path / "one.txt"
@@ -184,6 +183,7 @@ def test_evaluate_without_sacrebleu_is_one_line(shipped_folder: Path, tmp_path: 
         "error: scoring needs sacreBLEU, which is not installed: "
         "pip install -r requirements-onnxruntime-words.txt"
     ]
+
 
 def test_int8_agrees_with_fp32(shipped_folder: Path) -> None:
     """int8 graphs: the fp32 translation for at least 90% of the sentences (110 of 112

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from conftest import TOY_CONFIG
+from pathlib import Path
+
+from conftest import TOY_CONFIG, data_folder, train_args
 
 from seq2seq.config import load_config
 from seq2seq.text import training_sides
@@ -22,3 +24,12 @@ def test_training_keeps_pairs_of_up_to_max_length_tokens() -> None:
         (["zwei", "Katzen", "schlafen"], ["cats"]),
     ]
     assert "bellt" not in src.vocab.stoi and "barks" not in trg.vocab.stoi
+
+
+def test_empty_and_overlong_training_pairs_are_skipped_and_counted(tmp_path: Path, cli):
+    long_line = "Hund " * 20_000  # 100,000 characters
+    src = "Ein Hund läuft.\n\n" + long_line + "\n" + "Ein Mann schläft.\n" * 10
+    trg = "A dog runs.\nA cat.\nA long line.\n" + "A man sleeps.\n" * 10
+    code, out, err = cli(*train_args(tmp_path, data_folder(tmp_path, src, trg)))
+    assert code == 0, err
+    assert "training pairs: 11 (2 skipped: empty or longer than 100 tokens)" in err

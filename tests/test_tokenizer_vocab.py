@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import seq2seq.tokenizer
@@ -250,3 +250,14 @@ def test_vocab_keeps_exactly_the_frequent_tokens(
     for token in unseen:
         expected = vocab.stoi[token] if token in vocab.stoi else UNK
         assert vocab.encode([token]) == [SOS, expected, EOS]
+
+
+WORD_TOKENIZERS = [Tokenizer("de"), Tokenizer("en")]
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=60))
+def test_no_token_holds_a_line_break(text: str):
+    for tokenizer in WORD_TOKENIZERS:
+        for token in tokenizer.tokenize([text])[0]:
+            assert token and len(token.splitlines()) == 1 and token.strip() == token, repr(token)

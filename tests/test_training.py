@@ -1,6 +1,7 @@
 """Training that never loses a run: exact resume, signals, kill -9, run-folder safety,
 the validation metric's direction (best.pt, early stopping, plateau, kept checkpoints),
-schedules, accumulation, label smoothing, bf16, logs, curves and averaging (toy data, CPU)."""
+schedules, accumulation, label smoothing, bf16, logs, curves and averaging (toy data, CPU);
+training data that gives no pairs, and out of memory."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_cli
+from conftest import (
+    TOY_CONFIG,
+    data_folder,
+    one_error_line,
+    run_cli,
+    toy_overrides,
+    train_args,
+)
 
 import seq2seq.training
 from seq2seq import console
@@ -973,3 +981,57 @@ def test_progress_lines_when_stderr_is_a_file(tmp_path: Path):
         lines[0],
     ), lines[0]
     assert "\r" not in log.read_text() and "batch/s" not in log.read_text()
+
+
+# -- training data that gives no training; out of memory ------------------------------------------
+
+
+def test_empty_training_files(tmp_path: Path, cli):
+    code, out, err = cli(*train_args(tmp_path, data_folder(tmp_path, "", "")))
+    one_error_line(code, err, "no usable training pairs")
+
+
+def test_training_files_of_only_empty_lines(tmp_path: Path, cli):
+    code, out, err = cli(*train_args(tmp_path, data_folder(tmp_path, "\n\n\n", "\n\n\n")))
+    one_error_line(code, err, "no usable training pairs")
+
+
+def test_data_dir_that_does_not_exist(tmp_path: Path, cli):
+    code, out, err = cli(*train_args(tmp_path, tmp_path / "nowhere"))
+    one_error_line(code, err, "data.dir", "nowhere")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_out_of_memory_in_training_saves_and_suggests_a_smaller_batch(tmp_path, monkeypatch, cli):
+    """The suggested options, added to `train --run-dir RUN`, continue the run."""
+    run_dir = tmp_path / "run"
+    overrides = toy_overrides(run_dir, "train.save_every=1000", "train.max_steps=8")
+    args = ["train", "--config", TOY_CONFIG, *[a for o in overrides for a in ("--set", o)]]
+    from seq2seq.model import Seq2Seq
+
+    forward = Seq2Seq.forward
+    calls = {"n": 0}
+
+    def failing_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")
+        return forward(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Seq2Seq, "forward", failing_forward)
+        code, out, err = cli(*args)
+    assert code == 2 and "Traceback" not in err, err
+    error = err.split("error: ")[-1]  # after training's progress lines
+    for text in ("out of memory", "train.batch_size=8", str(run_dir / "last.pt")):
+        assert text in error, error
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 3  # the work before it is saved
+    suggested = re.search(r"resume with (--resume [^(]*)\(", error).group(1)
+    code, out, err = cli("train", "--run-dir", run_dir, *shlex.split(suggested))
+    assert code == 0, err
+    assert "resuming" in err and "at epoch 1, step 3" in err
+    finished = load_checkpoint(run_dir / "last.pt")
+    assert finished["config"]["train"]["batch_size"] == 8
+    assert finished["config"]["train"]["accumulate_steps"] == 2
+    assert "epoch 1 restarts from its first batch" in err
+    assert finished["training"]["progress"]["step"] == 8

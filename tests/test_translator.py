@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOY_DATA
+from conftest import TOY_DATA, one_error_line
 
 from seq2seq.config import DecodeConfig
 from seq2seq.corpus import read_lines
@@ -157,3 +157,14 @@ def test_an_absent_device_is_a_user_error(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert resolve_device(name) == torch.device(name)
+
+
+def test_out_of_memory_in_translation_suggests_a_smaller_batch(toy_checkpoint, cli, monkeypatch):
+    import seq2seq.translator
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(seq2seq.translator, "greedy_search", out_of_memory)
+    code, out, err = cli("translate", "-m", toy_checkpoint, "--beam", "1", input=b"Ein Hund.\n")
+    one_error_line(code, err, "out of memory", "--batch-size")
