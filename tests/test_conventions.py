@@ -15,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TOY_CONFIG, TOY_DATA, toy_overrides
+from conftest import ROOT, TOY_CONFIG, TOY_DATA, run_cli, toy_overrides
 from test_cli import check_mistake, sets
 
 from seq2seq import console
@@ -33,10 +33,13 @@ def test_version_names_the_packages(cli) -> None:
         assert f"{name} {version(package)}" in out
 
 
-def test_shell_completion_is_offered(cli) -> None:
+def test_shell_completion_is_offered(cli, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _ = cli("--help")
     assert code == 0 and "--install-completion" in out and "--show-completion" in out
-    code, out, err = cli("--show-completion", "bash")
+    # The shell as named: Typer otherwise detects it from the parent processes, and a
+    # process started in the background may have no shell among them.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
+    code, out, err = run_cli("--show-completion", "bash")
     assert code == 0 and "complete " in out, err
 
 
