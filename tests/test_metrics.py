@@ -7,7 +7,7 @@ import math
 import pytest
 import sacrebleu
 
-from seq2seq.metrics import perplexity, score_corpus, tokenized_bleu
+from seq2seq.metrics import lowercased, perplexity, score_corpus, tokenized_bleu
 from seq2seq.tokenizer import Tokenizer
 
 REFERENCES = ["A man rides a bike.", "Two dogs play in the snow.", "A woman sleeps on the grass."]
@@ -103,4 +103,25 @@ def test_empty_hypotheses_score_zero() -> None:
 def test_perplexity() -> None:
     assert perplexity(0.0) == 1.0
     assert perplexity(math.log(23.2)) == pytest.approx(23.2)
-    assert math.isfinite(perplexity(1e6))
+    assert perplexity(1e6) == perplexity(100.0) == math.exp(100.0)  # capped: never overflows
+
+
+def test_tokenized_bleu_lowercases_as_python_does() -> None:
+    """The tutorial's lowercasing: "Straße" stays apart from "STRASSE" (upper-casing
+    would join them)."""
+    hypothesis, reference = (
+        [["die", "straße", "ist", "lang", "."]],
+        [["die", "strasse", "ist", "lang", "."]],
+    )
+    assert tokenized_bleu(hypothesis, reference) < 100.0
+    lines = ["Die Straße ist lang ."]
+    assert lowercased(lines, Tokenizer("de")) == [["die", "straße", "ist", "lang", "."]]
+
+
+def test_tokenized_bleu_does_not_warn_of_tokenized_text(caplog: pytest.LogCaptureFixture) -> None:
+    """Its input is tokenized on purpose: sacreBLEU's "forgot to detokenize?" warning, which
+    it gives for 100 lines ending in " .", would only confuse."""
+    lines = [["a", "dog", "runs", "."]] * 100
+    with caplog.at_level("WARNING"):
+        assert tokenized_bleu(lines, lines) == pytest.approx(100.0)
+    assert not caplog.records

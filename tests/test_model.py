@@ -72,6 +72,24 @@ def test_a_step_under_bf16_autocast_gives_fp32_log_probs() -> None:
     assert torch.allclose(log_probs.exp().sum(1), torch.ones(2))
 
 
+def test_sequence_log_probs_are_each_steps_distribution_in_fp32() -> None:
+    """Scoring a corpus: log_softmax over the vocabulary of each step's logits; free
+    running (teacher forcing 0) reads only <sos> of the targets; fp32 under bf16 autocast."""
+    model = tiny_model()
+    src, lengths = random_batch([6, 4], SV, torch.Generator().manual_seed(2))
+    trg_in = torch.tensor([[SOS, 4, 5, 6], [SOS, 7, 8, 9]])
+    other = torch.cat([trg_in[:, :1], torch.full((2, 3), 10)], dim=1)
+    with torch.no_grad():
+        forced = model.sequence_log_probs(src, lengths, trg_in, 1.0)  # [B,T,V]
+        torch.testing.assert_close(forced, torch.log_softmax(model(src, lengths, trg_in), -1))
+        assert not torch.allclose(forced, model.sequence_log_probs(src, lengths, other, 1.0))
+        free = model.sequence_log_probs(src, lengths, trg_in, 0.0)
+        assert torch.equal(free, model.sequence_log_probs(src, lengths, other, 0.0))
+        assert not torch.allclose(free, forced)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model.sequence_log_probs(src, lengths, trg_in, 1.0).dtype == torch.float32
+
+
 def test_memory_select_reorders_rows() -> None:
     """Every field takes the rows asked for, the encoder gate's values too (CBAM: channel
     [B,2H] and temporal [B,S])."""

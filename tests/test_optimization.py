@@ -152,3 +152,27 @@ def test_a_new_learning_rate_applies_from_the_next_update(scheduler: str, expect
     assert all(group["lr"] == again.learning_rate for group in again.optimizer.param_groups)
     step(again, batch([5, 7], 9))
     assert again.learning_rate == pytest.approx(expected[1])
+
+
+def test_the_plateau_schedule_steps_on_validation_scores_higher_is_better() -> None:
+    """Signed scores (a loss negated): the rate is cut after plateau_patience validations
+    without a higher score, and only under the plateau schedule."""
+    plateau = optimization(tiny_model(), scheduler="plateau", learning_rate=0.02,
+                           plateau_factor=0.5, plateau_patience=1)  # fmt: skip
+    constant = optimization(tiny_model(), learning_rate=0.02)
+    rates = []
+    for score in (-3.0, -2.0, -2.5, -2.6):  # better, then two validations without gain
+        for optimizer in (plateau, constant):
+            optimizer.after_validation(score)
+        rates.append(plateau.optimizer.param_groups[0]["lr"])
+    assert rates == [0.02, 0.02, 0.02, 0.01]
+    assert constant.optimizer.param_groups[0]["lr"] == 0.02
+
+
+def test_zero_grad_leaves_no_gradient() -> None:
+    model, pairs = tiny_model().train(), batch([6, 4])
+    optimizer = optimization(model)
+    step(optimizer, pairs)
+    assert all(p.grad is not None for p in model.parameters())
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in model.parameters())

@@ -41,6 +41,17 @@ def test_sentencepiece_model_has_our_specials_and_round_trips(model_type: str):
     assert trg.words.tokenize(["A dog runs."]) == [["A", "dog", "runs", "."]]
 
 
+def test_a_lowercasing_subword_model_capitalizes_its_output():
+    config = load_config(TOY_CONFIG, ["vocab.type=sentencepiece", "vocab.size=60",
+                                      "data.lowercase=true"])  # fmt: skip
+    _, trg = make_tokenizers(
+        config, None, ((TOY_DATA / "train.de").read_text().splitlines(), LINES)
+    )
+    pieces = trg.tokenize(["A dog runs in the park."])[0]
+    assert "".join(pieces).replace("\u2581", " ").strip() == "a dog runs in the park."
+    assert trg.detokenize(pieces) == "A dog runs in the park."
+
+
 def test_training_the_same_text_gives_the_same_model():
     vocab = VocabConfig(type="sentencepiece", size=50)
     assert train_sentencepiece(LINES, vocab, False) == train_sentencepiece(LINES, vocab, False)

@@ -70,3 +70,11 @@ def test_a_restored_tracker_decides_as_the_uninterrupted_one() -> None:
     restored.load_state_dict(interrupted.state_dict())
     assert set(interrupted.state_dict()) == {"best", "bad_validations", "kept"}
     assert decisions(restored, values[3:], first_step=40) == expected[3:]
+
+
+def test_a_score_equal_to_the_best_is_no_improvement_and_keeps_the_later_step() -> None:
+    tracker = ValidationTracker("bleu", patience=1, keep=1)
+    first, same = tracker.update(20.0, 10), tracker.update(20.0, 20)
+    assert first.improved and not same.improved and same.stop
+    assert same.keep and same.dropped == [10]  # among equal scores the later step ranks first
+    assert tracker.kept == [[20.0, 20]]
