@@ -266,8 +266,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     random.seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads")
-    # Each with the allocator its command runs with (docs/memory.md): translation with
-    # glibc's default, training with `tune_malloc`'s settings, which last to the exit.
+    # Each with the allocator its command runs with (docs/performance.md, "Memory"):
+    # translation with glibc's default, training with `tune_malloc`'s settings, which last
+    # to the exit.
     if args.checkpoint:
         benchmark_translation(args.checkpoint, args.data, args.sentences, args.repeats)
     if not args.skip_training:

@@ -1,6 +1,6 @@
 """Resident memory of a seq2seq command over time, phase by phase.
 
-    python scripts/memory.py --out docs/memory_tutorial.png -- \
+    python scripts/memory.py --out memory_tutorial.png -- \
         seq2seq --verbose train --config configs/multi30k_de_en_tutorial.yaml \
         --set train.max_steps=40
 

@@ -41,6 +41,20 @@ step serve_torch.txt python scripts/load_test.py "$out/test.de" --model "$out/mo
     --runtime torch --clients 1 8 64 --requests 10000 --max-seconds 60
 step serve_onnx.txt python scripts/load_test.py "$out/test.de" --model "$out/model-onnx" \
     --runtime onnxruntime --clients 1 8 64 --requests 10000 --max-seconds 60
+# The onnxruntime path as deployed: a virtual environment with the torch-free install
+# (docs/translating.md), its server and one sentence through its command line.
+rm -rf "$out/venv-onnx"
+python -m venv "$out/venv-onnx"
+"$out/venv-onnx/bin/pip" install --quiet -r requirements-onnxruntime.txt \
+    -r requirements-onnxruntime-words.txt
+"$out/venv-onnx/bin/pip" install --quiet --no-deps .
+step serve_onnx_without_torch.txt "$out/venv-onnx/bin/python" scripts/load_test.py \
+    "$out/test.de" --model "$out/model-onnx" --runtime onnxruntime --clients 1 8 64 \
+    --requests 10000 --max-seconds 60
+for _ in 1 2 3 4 5; do  # wall seconds, one line each
+    /usr/bin/time -f "%e" bash -c "echo 'Ein Hund läuft im Park.' | \
+        '$out/venv-onnx/bin/seq2seq' translate --model '$out/model-onnx' > /dev/null"
+done 2> "$out/cli_without_torch.txt"
 # Memory: a bounded training run that holds the epoch's largest batch (step 6 with the
 # tutorial's seed), translation at batch 64, an ensemble's cost per member.
 rm -rf "$out/run"

@@ -5,7 +5,7 @@ sets the padded length). glibc's default raises its mmap threshold to the size o
 largest block freed so far (up to 32 MiB): after the first large tensor is freed, every
 later tensor below that size comes from the heap arenas, where blocks of ever-changing
 sizes fragment the heap and freed memory is kept instead of returned to the system
-(docs/memory.md measures it). Fixing the threshold keeps large tensors in their own
+(docs/performance.md, "Memory"). Fixing the threshold keeps large tensors in their own
 mappings, returned to the system the moment they are freed; the heap then holds only
 small blocks, and its free top is returned above 1 MiB.
 

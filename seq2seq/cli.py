@@ -204,7 +204,7 @@ def train(
 
     The run folder gets best.pt, last.pt, config.yaml, metrics.jsonl, train.log and
     curves.png; --resume continues a run where it stopped."""
-    tune_malloc()  # before torch starts its threads; training only: docs/memory.md
+    tune_malloc()  # before torch starts its threads; training only: docs/performance.md#memory
     from seq2seq.distributed import launched
     from seq2seq.training import Diverged, Interrupted, resolve_run
     from seq2seq.training import train as run_training

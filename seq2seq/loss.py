@@ -3,7 +3,7 @@
 The loss of a batch is the largest tensor of a training step: [B*T, V] float32. PyTorch's
 cross-entropy keeps three of them alive at once in backward (the saved log-softmax, its
 gradient, the logits' gradient); this one turns the saved log-softmax into the logits'
-gradient in place, so that a batch holds one (docs/memory.md).
+gradient in place, so that a batch holds one (docs/performance.md, "Memory").
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_training_applies_them_and_decoding_does_not(
     monkeypatch: pytest.MonkeyPatch, command: list[str], applies: bool
 ) -> None:
     """A fixed 1 MiB mmap threshold bounds training's memory but costs decoding at batch 64
-    a third of its speed (every [64,V] tensor a fresh mapping): docs/memory.md."""
+    a third of its speed (every [64,V] tensor a fresh mapping): docs/performance.md, "Memory"."""
     calls = []
     monkeypatch.setattr(cli, "tune_malloc", lambda: calls.append(True) or [])
     monkeypatch.setattr(sys, "argv", ["seq2seq", *command])
