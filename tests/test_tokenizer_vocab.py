@@ -80,6 +80,21 @@ def test_english_word_round_trip(english: Tokenizer, words: list[tuple[str, str]
     assert english.detokenize(tokens) == text
 
 
+@pytest.mark.parametrize(
+    "tokens, text",
+    [
+        (["A", "man", "in", "a", "t", "-", "shirt"], "A man in a t-shirt"),  # at the end too
+        (["An", "A&E", "-", "style", "show", "."], "An A&E-style show."),  # E beside it
+        (["An", "all", "-", "A&E", "lineup", "."], "An all-A&E lineup."),  # A beside it
+        (["Dogs", "&", "-", "cats", "."], "Dogs & - cats."),  # & beside it: a spaced dash
+    ],
+)
+def test_a_hyphen_joins_the_tokens_whose_characters_beside_it_are_letters_or_digits(
+    english: Tokenizer, tokens: list[str], text: str
+) -> None:
+    assert english.detokenize(tokens) == text
+
+
 def test_a_spaced_dash_in_german_stays_spaced(german: Tokenizer) -> None:
     # German keeps 't-shirt' whole, so a lone '-' token was a spaced dash.
     assert german.detokenize(["Ein", "Mann", "-", "müde", "."]) == "Ein Mann - müde."
