@@ -18,11 +18,13 @@ import fcntl
 import json
 import math
 import os
+import platform
 import random
 import re
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy
@@ -30,6 +32,7 @@ import pytest
 import torch
 from conftest import ROOT, TOY_CONFIG, TOY_DATA, one_error_line, random_batch, run_cli
 
+import seq2seq
 from seq2seq import distributed
 from seq2seq.checkpoint import Bundle, load_checkpoint
 from seq2seq.config import Config, load_config
@@ -44,6 +47,7 @@ from seq2seq.run import (
     check_not_run_file,
     config_changes,
     describe_changes,
+    environment,
     get_rng_state,
     read_metrics,
     restore_rng,
@@ -657,3 +661,19 @@ def test_truncate_after_keeps_the_records_up_to_a_step(tmp_path: Path) -> None:
         '{"kind": "start", "note": "é"}\n{"kind": "train", "step": 1, "loss": null}\n'
         '{"kind": "valid", "step": 2}\n'
     )
+
+
+def test_a_run_records_the_versions_and_the_commit_of_the_code_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wherever the training starts: the commit of this source tree, not of the folder the
+    command ran in (nor any when the source is not in a git checkout)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("the source tree is not a git checkout")
+    monkeypatch.chdir(tmp_path)
+    assert environment() == {
+        "seq2seq": seq2seq.__version__, "python": platform.python_version(),
+        "torch": version("torch"), "spacy": version("spacy"), "sacrebleu": version("sacrebleu"),
+        "git_commit": head.stdout.strip(),
+    }  # fmt: skip
