@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_batch, tiny_model
+from conftest import random_batch, tiny_model, tiny_model_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,3 +184,31 @@ def test_beam_search_equals_a_reference_beam_by_beam(
             )
         assert [h.tokens for h in found[row]] == [tokens for _, tokens in expected]
         assert [h.score for h in found[row]] == pytest.approx([s for s, _ in expected], abs=1e-5)
+
+
+@pytest.mark.parametrize("gate", ["se", "cbam"])
+def test_each_hypothesis_carries_its_own_sentences_gate_values(gate: str) -> None:
+    """Greedy and beam (n-best too): the encoder gate's values of the hypothesis's own
+    sentence, channel [2H] and (CBAM) temporal over its real positions, in fp32 on the CPU."""
+    config = tiny_model_config(hidden=6)
+    encoder = config.encoder.model_copy(update={"gate": gate, "gate_reduction": 3})
+    torch.manual_seed(0)
+    model = Seq2Seq(config.model_copy(update={"encoder": encoder}), SV, TV).eval()
+    src, lengths = random_batch([6, 3], SV, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        gates = model.start(src, lengths).gates  # channel [2,12], temporal [2,6]
+        limits = max_output_lengths(lengths, 1.0, 2)
+        greedy = [[hypothesis] for hypothesis in greedy_search(model, src, lengths, limits)]
+        beams = beam_search(model, src, lengths, limits, 3, alpha=0.6, nbest=2)
+        ungated = greedy_search(tiny_model(hidden=6), src, lengths, limits)
+    assert [hypothesis.gates for hypothesis in ungated] == [None, None]
+    for sentence, hypotheses in [*enumerate(greedy), *enumerate(beams)]:
+        for hypothesis in hypotheses:
+            values = hypothesis.gates
+            assert values.channel.dtype == torch.float32 and values.channel.device.type == "cpu"
+            assert torch.equal(values.channel, gates.channel[sentence])
+            if gate == "se":
+                assert values.temporal is None
+            else:
+                length = int(lengths[sentence])
+                assert torch.equal(values.temporal, gates.temporal[sentence, :length])
