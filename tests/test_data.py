@@ -128,3 +128,10 @@ def test_batch_to_keeps_lengths_on_the_cpu() -> None:
     assert isinstance(moved, Batch)
     assert moved.src_lengths.device.type == "cpu"
     assert moved.indices == [0]
+
+
+def test_a_batch_without_targets_moves_without_them() -> None:
+    """Translation batches have no targets."""
+    src = torch.tensor([[1, 4, 2]])
+    moved = Batch(src, torch.tensor([3]), None, [0]).to(torch.device("cpu"))
+    assert moved.trg is None and torch.equal(moved.src, src) and moved.indices == [0]

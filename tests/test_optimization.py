@@ -154,6 +154,20 @@ def test_a_new_learning_rate_applies_from_the_next_update(scheduler: str, expect
     assert again.learning_rate == pytest.approx(expected[1])
 
 
+def test_a_new_learning_rate_restarts_a_cut_plateau_and_becomes_the_schedules_base() -> None:
+    cut = optimization(tiny_model(), scheduler="plateau", learning_rate=0.01,
+                       plateau_factor=0.5, plateau_patience=0)  # fmt: skip
+    cut.after_validation(1.0)
+    cut.after_validation(0.5)  # no gain: the rate is cut to 0.005
+    assert cut.learning_rate == pytest.approx(0.005)
+    decaying = optimization(tiny_model(), scheduler="inverse_sqrt", learning_rate=0.01)
+    for optimizer in (cut, decaying):
+        optimizer.change_learning_rate(0.01, 0.02)
+        assert [group["initial_lr"] for group in optimizer.optimizer.param_groups] == [0.02]
+    assert cut.learning_rate == 0.02  # starts again at the new rate, not 0.005 scaled
+    assert decaying.scheduler.base_lrs == [0.02]
+
+
 def test_the_plateau_schedule_steps_on_validation_scores_higher_is_better() -> None:
     """Signed scores (a loss negated): the rate is cut after plateau_patience validations
     without a higher score, and only under the plateau schedule."""
