@@ -7,7 +7,7 @@ import math
 import pytest
 import sacrebleu
 
-from seq2seq.metrics import lowercased, perplexity, score_corpus, tokenized_bleu
+from seq2seq.metrics import lowercased, perplexity, rounded, score_corpus, tokenized_bleu
 from seq2seq.tokenizer import Tokenizer
 
 REFERENCES = ["A man rides a bike.", "Two dogs play in the snow.", "A woman sleeps on the grass."]
@@ -125,3 +125,12 @@ def test_tokenized_bleu_does_not_warn_of_tokenized_text(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING"):
         assert tokenized_bleu(lines, lines) == pytest.approx(100.0)
     assert not caplog.records
+
+
+def test_a_json_report_has_the_digits_of_the_text_report() -> None:
+    """Scores and perplexities to 2 decimals, losses and other fractions to 4; whole
+    numbers and text as they are."""
+    record = {"bleu": 12.3456, "chrf": 50.0049, "perplexity": 7.12345, "loss": 1.234567,
+              "alpha": 0.123456, "sentences": 3, "signature": "nrefs:1"}  # fmt: skip
+    assert rounded(record) == {"bleu": 12.35, "chrf": 50.0, "perplexity": 7.12, "loss": 1.2346,
+                               "alpha": 0.1235, "sentences": 3, "signature": "nrefs:1"}  # fmt: skip

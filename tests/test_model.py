@@ -90,6 +90,19 @@ def test_sequence_log_probs_are_each_steps_distribution_in_fp32() -> None:
             assert model.sequence_log_probs(src, lengths, trg_in, 1.0).dtype == torch.float32
 
 
+def test_weights_start_as_the_tutorials_normal_0_001_and_biases_at_zero() -> None:
+    torch.manual_seed(0)
+    model = Seq2Seq(tiny_model_config(embedding=64, hidden=64), 200, 200)
+    weights = torch.cat(
+        [p.detach().flatten() for n, p in model.named_parameters() if "weight" in n]
+    )
+    biases = [p for n, p in model.named_parameters() if "weight" not in n]
+    assert abs(float(weights.mean())) < 1e-3 and float(weights.std()) == pytest.approx(
+        0.01, rel=0.05
+    )
+    assert biases and all(not b.any() for b in biases)
+
+
 def test_memory_select_reorders_rows() -> None:
     """Every field takes the rows asked for, the encoder gate's values too (CBAM: channel
     [B,2H] and temporal [B,S])."""

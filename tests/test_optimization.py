@@ -15,7 +15,7 @@ from seq2seq.config import TrainConfig
 from seq2seq.data import Batch
 from seq2seq.loss import sequence_loss
 from seq2seq.model import Seq2Seq
-from seq2seq.optimization import Optimization
+from seq2seq.optimization import Optimization, make_optimizer
 from seq2seq.vocab import EOS, PAD, SOS
 
 SV, TV = 13, 11
@@ -190,3 +190,32 @@ def test_zero_grad_leaves_no_gradient() -> None:
     assert all(p.grad is not None for p in model.parameters())
     optimizer.zero_grad()
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_adam_is_fused_on_a_cpu_and_a_gpu_only() -> None:
+    model = tiny_model()
+    assert make_optimizer(model, 0.1, CPU).defaults["fused"] is True
+    assert not make_optimizer(model, 0.1, CPU, fused=False).defaults["fused"]
+    assert not make_optimizer(model, 0.1, torch.device("xpu")).defaults["fused"]
+    assert optimization(model).optimizer.defaults["fused"] is True
+    assert not Optimization(model, model, TrainConfig(), CPU, False).optimizer.defaults["fused"]
+
+
+def test_precision_sets_autocast_and_only_fp16_scales_the_loss() -> None:
+    assert optimization(tiny_model()).autocast_dtype is None
+    assert optimization(tiny_model(), precision="bf16").autocast_dtype is torch.bfloat16
+    assert not optimization(tiny_model()).scaler.is_enabled()
+
+
+def test_the_plateau_rate_never_falls_below_min_learning_rate() -> None:
+    plateau = optimization(tiny_model(), scheduler="plateau", learning_rate=0.02,
+                           plateau_factor=0.5, plateau_patience=0,
+                           min_learning_rate=0.015)  # fmt: skip
+    for score in (1.0, 0.5, 0.4):
+        plateau.after_validation(score)
+    assert plateau.learning_rate == pytest.approx(0.015)
+
+
+def test_inverse_sqrt_without_warmup_starts_at_the_full_rate() -> None:
+    assert optimization(tiny_model(), scheduler="inverse_sqrt", warmup_steps=0,
+                        learning_rate=0.01).learning_rate == pytest.approx(0.01)  # fmt: skip
