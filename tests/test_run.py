@@ -414,6 +414,79 @@ def test_validated_checkpoints_are_kept_and_pushed_out(tmp_path: Path) -> None:
     assert torch.equal(load_checkpoint(tmp_path / "ckpt-step20.pt")["weights"], torch.arange(3))
 
 
+def test_check_names_what_holds_the_folder_and_what_to_pass(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    (tmp_path / "config.yaml").mkdir()
+    with pytest.raises(UserError) as refused:
+        folder.check(overwrite=True, resume=False)
+    assert str(refused.value) == (
+        f"{tmp_path / 'config.yaml'}: is not a regular file; move it out of the run folder"
+    )
+    (tmp_path / "config.yaml").rmdir()
+    fake_run(tmp_path, "config.yaml", "best.pt", "metrics.jsonl")
+    run = f"{tmp_path} already holds a run (config.yaml, best.pt, metrics.jsonl)"
+    with pytest.raises(UserError) as refused:
+        folder.check(overwrite=False, resume=False)
+    assert (
+        str(refused.value) == f"{run}; pass --overwrite to replace it, or choose another --run-dir"
+    )
+    with pytest.raises(UserError) as refused:
+        folder.check(overwrite=False, resume=True)
+    assert str(refused.value) == (
+        f"{tmp_path} holds a run (config.yaml, best.pt, metrics.jsonl) but no last.pt to resume "
+        "from; pass --overwrite to start it again (deleting them), or choose another --run-dir"
+    )
+    (tmp_path / "last.pt").write_text("state", encoding="utf-8")
+    with pytest.raises(UserError) as refused:
+        folder.check(overwrite=False, resume=False)
+    assert str(refused.value) == (
+        f"{tmp_path} already holds a run (config.yaml, last.pt, best.pt, ...); pass --resume "
+        "to continue it, --overwrite to replace it, or choose another --run-dir"
+    )
+    assert folder.check(overwrite=False, resume=True) is True
+    assert folder.check(overwrite=True, resume=False) is False
+
+
+def test_start_deletes_a_run_only_to_replace_it_and_never_through_a_link(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run", "config.yaml", "best.pt", "ckpt-step10.pt", "train.log")
+    (run / "last.pt").write_text("state", encoding="utf-8")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events").write_text("e", encoding="utf-8")
+    (run / "notes.txt").write_text("mine", encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("keep", encoding="utf-8")
+    context = distributed.Context()
+    folder = RunFolder(run)
+    assert folder.start(overwrite=False, resume=True, context=context) is True
+    assert len(list(run.iterdir())) == 7  # resuming deletes nothing
+    assert folder.start(overwrite=True, resume=False, context=context) is False
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    (run / "tensorboard").symlink_to(elsewhere, target_is_directory=True)
+    (run / "best.pt").write_text("weights", encoding="utf-8")
+    assert folder.start(overwrite=True, resume=False, context=context) is False
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    assert (elsewhere / "keep").read_text(
+        encoding="utf-8"
+    ) == "keep"  # the link went, not its target
+
+
+def test_a_lock_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(UserError) as refused:
+        RunFolder(tmp_path).lock()
+    assert (
+        str(refused.value) == f"{tmp_path / '.lock'}: cannot open the folder's lock: Is a directory"
+    )
+    RunFolder(tmp_path).unlock()  # never locked: nothing to do
+
+
+def test_a_kept_checkpoint_already_gone_is_no_error(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    assert folder.save_validated({"w": torch.zeros(1)}, 20, best=False, keep=True, dropped=[10])
+    assert folder.all_kept() == [tmp_path / "ckpt-step20.pt"]
+
+
 LAST = Path("run/last.pt")
 SIZES = ["model.encoder.embedding_size=8", "model.encoder.hidden_size=6",
          "model.decoder.embedding_size=7", "model.decoder.hidden_size=5"]  # fmt: skip
@@ -657,7 +730,10 @@ def test_truncate_after_keeps_the_records_up_to_a_step(tmp_path: Path) -> None:
     for record in records:
         log.append(record)
     log.truncate_after(2)
-    assert folder.metrics.read_text(encoding="utf-8") == (
+    text = folder.metrics.read_text(encoding="utf-8")
+    log.truncate_after(0)  # records without a step are from before the first
+    assert folder.metrics.read_text(encoding="utf-8") == '{"kind": "start", "note": "é"}\n'
+    assert text == (
         '{"kind": "start", "note": "é"}\n{"kind": "train", "step": 1, "loss": null}\n'
         '{"kind": "valid", "step": 2}\n'
     )
