@@ -614,6 +614,11 @@ def test_last_pt_must_hold_training_state_and_the_same_vocabularies(tmp_path: Pa
         f"{LAST}: its src vocabulary (13 tokens) does not match the one the data give now "
         "(14): the training data changed"
     )
+    same = bundle(config)
+    other_trg = TextSide(Tokenizer("en"), Vocabulary.build([list("abcdefgh")]))
+    other_targets = Bundle(config, same.model, same.src, other_trg)
+    with pytest.raises(UserError, match=f"^{LAST}: its trg vocabulary \\(11 tokens\\) does not"):
+        restore_training(payload, {}, other_targets, fresh, LAST)
     weights_only = {key: value for key, value in payload.items() if key != "training"}
     with pytest.raises(UserError, match=f"^{LAST}: holds no training state"):
         restore_training(weights_only, {}, bundle(config), fresh, LAST)
