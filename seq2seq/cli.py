@@ -27,6 +27,9 @@ from seq2seq.errors import Terminated, UserError, raise_terminated, to_stderr
 if TYPE_CHECKING:
     from typer._click import HelpFormatter
 
+    from seq2seq.config import DecodeConfig
+    from seq2seq.translation import TextTranslator
+
 app = typer.Typer(
     help="Train, run and score attention-based GRU neural machine translation models.\n\n"
     "--debug, --quiet and --verbose go before or after the command's name.",
@@ -606,16 +609,29 @@ def evaluate(
         scores = _score_file(lines, references, translator, lang)
         record, report = {"sentences": len(references), **scores.as_dict()}, scores.report()
     else:
-        from seq2seq.evaluation import evaluate as run_evaluation
-
-        result = run_evaluation(translator, lines, references, decode)
-        beam_alpha = {"beam": decode.beam_size, "alpha": decode.alpha}
-        record = {"sentences": len(references), **beam_alpha, **result.as_dict()}
-        report = result.report(decode)
-        if output:
-            with corpus.output(output) as sink:
-                sink.writelines(t.text + "\n" for t in result.translations)
+        record, report = _translate_and_score(translator, decode, lines, references, output)
     corpus.print_result(strict_json(rounded(record)) if as_json else report)
+
+
+def _translate_and_score(
+    translator: TextTranslator,
+    decode: DecodeConfig,
+    lines: list[str],
+    references: list[str],
+    output: Path | None,
+) -> tuple[dict[str, object], str]:
+    """evaluate --model: the sources translated (and written to `output`) and scored ->
+    (the JSON record, the text report)."""
+    from seq2seq import corpus
+    from seq2seq.evaluation import evaluate as run_evaluation
+
+    result = run_evaluation(translator, lines, references, decode)
+    beam_alpha = {"beam": decode.beam_size, "alpha": decode.alpha}
+    record = {"sentences": len(references), **beam_alpha, **result.as_dict()}
+    if output:
+        with corpus.output(output) as sink:
+            sink.writelines(t.text + "\n" for t in result.translations)
+    return record, result.report(decode)
 
 
 def _evaluation_text(

@@ -179,24 +179,35 @@ def create_app(
     @app.post("/translate", response_model_exclude_unset=True, responses=errors)
     async def translate(body: TranslateRequest, request: Request) -> TranslateResponse:
         """Translate `text` or `texts`."""
-        texts = request_texts(body, limits)
-        decode = request_decode(defaults, body, limits)
-        check_answer_size(len(texts), decode.nbest, body.attention, limits)
-        request.state.texts = len(texts)
-        try:
-            batched = await batcher.translate(texts, decode)
-        except Exception as error:  # this request's own failure; the others were answered
-            log.exception("translation failed")
-            field = "text" if body.texts is None else "texts"
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise RequestError(f"translation failed: {reason}", field, 500) from None
-        request.state.batch = batched.batch_size
-        results = [result(candidates, body.attention, decode) for candidates in batched.candidates]
-        return TranslateResponse(
-            translations=results, beam=decode.beam_size, nbest=decode.nbest, alpha=decode.alpha
-        )
+        return await answer(body, request, batcher, defaults, limits)
 
     return app
+
+
+async def answer(
+    body: TranslateRequest,
+    request: Request,
+    batcher: Batcher,
+    defaults: DecodeConfig,
+    limits: ServeLimits,
+) -> TranslateResponse:
+    """One POST /translate: checked against the limits, decoded in the batcher's next batch."""
+    texts = request_texts(body, limits)
+    decode = request_decode(defaults, body, limits)
+    check_answer_size(len(texts), decode.nbest, body.attention, limits)
+    request.state.texts = len(texts)
+    try:
+        batched = await batcher.translate(texts, decode)
+    except Exception as error:  # this request's own failure; the others were answered
+        log.exception("translation failed")
+        field = "text" if body.texts is None else "texts"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RequestError(f"translation failed: {reason}", field, 500) from None
+    request.state.batch = batched.batch_size
+    results = [result(candidates, body.attention, decode) for candidates in batched.candidates]
+    return TranslateResponse(
+        translations=results, beam=decode.beam_size, nbest=decode.nbest, alpha=decode.alpha
+    )
 
 
 def request_texts(body: TranslateRequest, limits: ServeLimits) -> list[str]:
